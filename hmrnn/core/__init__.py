@@ -1,0 +1,20 @@
+"""Pure-PyTorch model code: no Lightning, torchmetrics, W&B or OmegaConf (DESIGN.md)."""
+
+from hmrnn.core.boundary import BOUNDARY_VARIANTS, boundary, hard_sigmoid
+from hmrnn.core.hmlstm import HMLSTM, HMLSTMState, count_parameters
+from hmrnn.core.lm import CharLM, LMOutput
+from hmrnn.core.output import OutputModule
+from hmrnn.core.reference import reference_forward
+
+__all__ = [
+    "BOUNDARY_VARIANTS",
+    "HMLSTM",
+    "CharLM",
+    "HMLSTMState",
+    "LMOutput",
+    "OutputModule",
+    "boundary",
+    "count_parameters",
+    "hard_sigmoid",
+    "reference_forward",
+]

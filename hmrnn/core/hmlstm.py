@@ -1,0 +1,416 @@
+"""The Hierarchical Multiscale LSTM (SPEC sections 1, 2, 4, 5), with nn.LSTM's calling contract.
+
+One step of layer l (1-based in the SPEC, 0-based in the code) computes one joint pre-activation
+
+    s = U h_{t-1}^l + z_{t-1}^l * V h_{t-1}^{l+1} + z_t^{l-1} * W h_t^{l-1} + b      # (B, 4H+1)
+
+with a single matrix multiply: the three inputs are gated first and concatenated, so
+``s = [h_prev, z_prev * h_above, z_below * h_below] @ [U; V; W]^T + b`` (with layer norm the three
+projections are normalised separately, so they run as one batched multiply instead). The first
+layer's bottom-up projection ``W x_t`` is computed for the whole sequence in one multiply.
+
+COPY / UPDATE / FLUSH are masks, never branches:
+
+    flush = z_{t-1}^l,  update = (1 - flush) * z_t^{l-1},  copy = (1 - flush) * (1 - z_t^{l-1})
+    c_t = (1 - copy) * i * g + (update * f + copy) * c_{t-1}
+    h_t = (1 - copy) * o * tanh(c_t) + copy * h_{t-1}
+
+which is the product form ``flush*(i*g) + update*(f*c + i*g) + copy*c`` rearranged using
+``flush + update + copy = 1``. A COPY row (copy = 1) leaves h and c bit-identical.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from hmrnn.core.boundary import BOUNDARY_VARIANTS, boundary
+
+LN_EPS = 1e-5
+
+
+def layer_norm(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
+    """Layer norm over the last dimension that maps an all-zero row to zero with zero gradient.
+
+    An all-zero row is an input that is absent, not small: the projection of the all-zero initial
+    state (or of a layer that has not updated since), or a cell that has never been written. Plain
+    layer norm maps it to zero too, but its derivative there is ``weight / sqrt(eps)`` (316x at
+    eps = 1e-5); through the mask products such rows turned that into gradients 1e5-1e6 times
+    larger than without layer norm at initialisation. Rows with any non-zero entry are untouched.
+
+    Shape: x (..., N); weight and bias (N,).
+    """
+    out = F.layer_norm(x, (x.size(-1),), weight, bias, LN_EPS)
+    present = (x != 0).any(dim=-1, keepdim=True)
+    return out * present if bias is None else torch.where(present, out, bias)
+
+
+class HMLSTMState(NamedTuple):
+    """Recurrent state after the last step; ``None`` in place of a state means zeros.
+
+    Shape:
+        h: (K, B, H) hidden state of every layer.
+        c: (K, B, H) cell state of every layer.
+        z: (K, B) boundary of every layer at the last step (column K-1 is zero unless the top
+           layer has a boundary detector).
+    """
+
+    h: Tensor
+    c: Tensor
+    z: Tensor
+
+
+class HMLSTM(nn.Module):
+    """Hierarchical Multiscale LSTM (Chung, Ahn & Bengio, ICLR 2017).
+
+    Args:
+        input_size: H_in, the size of each input vector.
+        hidden_size: H, the size of every layer's h and c.
+        num_layers: K >= 1.
+        layer_norm: normalise the recurrent, top-down and bottom-up projections separately
+            (before the boundary gating) and c_t before its tanh (SPEC section 4).
+        boundary: ``"step"`` (straight-through), ``"bernoulli"`` (sampled in training) or
+            ``"soft"`` (never discretised).
+        top_layer_boundary: give the top layer a boundary detector so that it can FLUSH (a common
+            departure from the paper, off by default).
+        grad_through_ops: let the straight-through gradient reach z through the choice of
+            operation (the mask products); ``False`` detaches the masks (the ``where`` form).
+        batch_first: inputs and outputs are (B, T, ...) instead of (T, B, ...).
+
+    Inputs: input, state, boundaries
+        input: (T, B, H_in).
+        state: :class:`HMLSTMState` or ``None`` for zeros.
+        boundaries: optional (T, B, K) imposed boundaries that replace the detectors (the
+            fixed-boundary ablation); column K-1 is used only with ``top_layer_boundary``.
+
+    Outputs: output, state, boundaries
+        output: (T, B, K, H), every layer's h at every step.
+        state: :class:`HMLSTMState` after the last step.
+        boundaries: (T, B, K), z_t^l as used; column K-1 is zero unless ``top_layer_boundary``.
+
+    Parameters (per layer l, G = 4H+1 rows with a detector, 4H without; rows are i, f, g, o, z):
+        weight_ih_l{l}: (G, H_in or H) bottom-up;  weight_hh_l{l}: (G, H) recurrent;
+        weight_td_l{l}: (G, H) top-down, all but the top layer;  bias_l{l}: (G,).
+        With layer norm: ln_ih_l{l}, ln_hh_l{l}, ln_td_l{l} (G,) gains and ln_c_weight_l{l},
+        ln_c_bias_l{l} (H,).
+    """
+
+    def __init__(
+        self,
+        input_size: int,
+        hidden_size: int,
+        num_layers: int = 3,
+        *,
+        layer_norm: bool = False,
+        boundary: str = "step",
+        top_layer_boundary: bool = False,
+        grad_through_ops: bool = True,
+        batch_first: bool = False,
+    ) -> None:
+        super().__init__()
+        for name, value in (("input_size", input_size), ("hidden_size", hidden_size)):
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        if not isinstance(num_layers, int) or num_layers < 1:
+            raise ValueError(f"num_layers must be an integer >= 1, got {num_layers!r}")
+        if boundary not in BOUNDARY_VARIANTS:
+            raise ValueError(f"boundary must be one of {BOUNDARY_VARIANTS}, got {boundary!r}")
+        self.input_size = input_size
+        self.hidden_size = hidden_size
+        self.num_layers = num_layers
+        self.layer_norm = layer_norm
+        self.boundary = boundary
+        self.top_layer_boundary = top_layer_boundary
+        self.grad_through_ops = grad_through_ops
+        self.batch_first = batch_first
+        self.register_buffer("slope", torch.tensor(1.0))
+
+        H = hidden_size
+        for l in range(num_layers):
+            G = self.gate_rows(l)
+            fan_in = input_size if l == 0 else H
+            self.register_parameter(f"weight_ih_l{l}", nn.Parameter(torch.empty(G, fan_in)))
+            self.register_parameter(f"weight_hh_l{l}", nn.Parameter(torch.empty(G, H)))
+            if self.has_top_down(l):
+                self.register_parameter(f"weight_td_l{l}", nn.Parameter(torch.empty(G, H)))
+            self.register_parameter(f"bias_l{l}", nn.Parameter(torch.empty(G)))
+            if layer_norm:
+                for kind in ("ih", "hh", "td") if self.has_top_down(l) else ("ih", "hh"):
+                    self.register_parameter(f"ln_{kind}_l{l}", nn.Parameter(torch.empty(G)))
+                self.register_parameter(f"ln_c_weight_l{l}", nn.Parameter(torch.empty(H)))
+                self.register_parameter(f"ln_c_bias_l{l}", nn.Parameter(torch.empty(H)))
+        self.reset_parameters()
+
+    # ----------------------------------------------------------------------------- structure
+    def has_detector(self, l: int) -> bool:
+        """Whether layer l computes a boundary z (every layer but the top, unless asked)."""
+        return l < self.num_layers - 1 or self.top_layer_boundary
+
+    def has_top_down(self, l: int) -> bool:
+        """Whether layer l reads the layer above (every layer but the top)."""
+        return l < self.num_layers - 1
+
+    def gate_rows(self, l: int) -> int:
+        """G: 4H gate rows, plus one z row if layer l has a detector."""
+        return 4 * self.hidden_size + int(self.has_detector(l))
+
+    def param(self, kind: str, l: int) -> Tensor:
+        """The parameter ``{kind}_l{l}``, e.g. ``param("weight_hh", 0)``."""
+        return getattr(self, f"{kind}_l{l}")
+
+    @torch.no_grad()
+    def reset_parameters(self) -> None:
+        """SPEC section 5: orthogonal recurrent blocks, Xavier-uniform input and top-down blocks,
+        zero biases except the forget gate (+1), unit layer-norm gains."""
+        H = self.hidden_size
+        for l in range(self.num_layers):
+            G = self.gate_rows(l)
+            blocks = [slice(k * H, (k + 1) * H) for k in range(4)] + [slice(4 * H, G)]
+            for rows in blocks:
+                if rows.start >= G:
+                    continue
+                nn.init.orthogonal_(self.param("weight_hh", l)[rows])
+                nn.init.xavier_uniform_(self.param("weight_ih", l)[rows])
+                if self.has_top_down(l):
+                    nn.init.xavier_uniform_(self.param("weight_td", l)[rows])
+            bias = self.param("bias", l)
+            bias.zero_()
+            bias[H : 2 * H] = 1.0  # forget gate
+            if self.layer_norm:
+                for name, p in self.named_parameters():
+                    if name.startswith("ln_") and name.endswith(f"_l{l}"):
+                        p.fill_(0.0 if "ln_c_bias" in name else 1.0)
+
+    def extra_repr(self) -> str:
+        return (
+            f"{self.input_size}, {self.hidden_size}, num_layers={self.num_layers}, "
+            f"layer_norm={self.layer_norm}, boundary={self.boundary!r}, "
+            f"top_layer_boundary={self.top_layer_boundary}, "
+            f"grad_through_ops={self.grad_through_ops}, batch_first={self.batch_first}"
+        )
+
+    # ------------------------------------------------------------------------------- checks
+    def check_inputs(
+        self, input: Tensor, state: HMLSTMState | None, boundaries: Tensor | None
+    ) -> None:
+        """Raise ValueError naming the argument when a shape does not fit (time-major shapes)."""
+        if input.dim() != 3:
+            raise ValueError(
+                f"input must be 3-d ({'B, T' if self.batch_first else 'T, B'}, input_size), "
+                f"got shape {tuple(input.shape)}"
+            )
+        if input.size(-1) != self.input_size:
+            raise ValueError(
+                f"input's last dimension must equal input_size={self.input_size}, "
+                f"got shape {tuple(input.shape)}"
+            )
+        T, B = (input.size(1), input.size(0)) if self.batch_first else input.shape[:2]
+        K, H = self.num_layers, self.hidden_size
+        if boundaries is not None:
+            want = (B, T, K) if self.batch_first else (T, B, K)
+            if tuple(boundaries.shape) != want:
+                raise ValueError(
+                    f"boundaries must have shape {want} (num_layers={K}), "
+                    f"got {tuple(boundaries.shape)}"
+                )
+        if state is not None:
+            if not isinstance(state, tuple) or len(state) != 3:
+                raise ValueError("state must be an HMLSTMState(h, c, z) or None")
+            wants = {"h": (K, B, H), "c": (K, B, H), "z": (K, B)}
+            for name, tensor in zip(("h", "c", "z"), state, strict=True):
+                if tuple(tensor.shape) != wants[name]:
+                    raise ValueError(
+                        f"state.{name} must have shape {wants[name]}, got {tuple(tensor.shape)}"
+                    )
+
+    def zero_state(self, batch_size: int, like: Tensor) -> HMLSTMState:
+        """The all-zeros state for a batch, on ``like``'s device and dtype."""
+        K, H = self.num_layers, self.hidden_size
+        h = like.new_zeros(K, batch_size, H)
+        return HMLSTMState(h, torch.zeros_like(h), like.new_zeros(K, batch_size))
+
+    # ------------------------------------------------------------------------------ forward
+    def forward(
+        self,
+        input: Tensor,
+        state: HMLSTMState | None = None,
+        boundaries: Tensor | None = None,
+    ) -> tuple[Tensor, HMLSTMState, Tensor]:
+        self.check_inputs(input, state, boundaries)
+        if self.batch_first:
+            input = input.transpose(0, 1)
+            boundaries = None if boundaries is None else boundaries.transpose(0, 1)
+        T, B, _ = input.shape
+        K, H = self.num_layers, self.hidden_size
+        if state is None:
+            state = self.zero_state(B, input)
+
+        h = list(state.h.unbind(0))  # per layer (B, H)
+        c = list(state.c.unbind(0))
+        z = [zl.unsqueeze(1) for zl in state.z.unbind(0)]  # per layer (B, 1)
+        imposed = None
+        if boundaries is not None:
+            imposed = boundaries.to(input.dtype).unsqueeze(-1).unbind(0)  # T x (B, K, 1)
+        weights = [self._step_weight(l) for l in range(K)]
+        bottom_up = self._input_projection(input)  # T x (B, G_0), bias included
+        zero = input.new_zeros(B, 1)
+
+        outs: list[Tensor] = []
+        zs: list[Tensor] = []
+        for t in range(T):
+            for l in range(K):
+                below = bottom_up[t] if l == 0 else h[l - 1]
+                z_below = None if l == 0 else z[l - 1]
+                above = h[l + 1] if self.has_top_down(l) else None
+                h[l], c[l], z_new = self._cell(
+                    l, weights[l], h[l], c[l], z[l], above, below, z_below
+                )
+                if not self.has_detector(l):
+                    z_new = zero
+                elif imposed is not None:
+                    z_new = imposed[t][:, l]
+                z[l] = z_new
+                outs.append(h[l])
+                zs.append(z_new)
+
+        output = torch.stack(outs).view(T, K, B, H).transpose(1, 2)
+        bounds = torch.stack(zs).view(T, K, B).transpose(1, 2)
+        new_state = HMLSTMState(torch.stack(h), torch.stack(c), torch.cat(z, dim=1).t())
+        if self.batch_first:
+            output, bounds = output.transpose(0, 1), bounds.transpose(0, 1)
+        return output, new_state, bounds
+
+    def step(
+        self,
+        input: Tensor,
+        state: HMLSTMState | None = None,
+        boundaries: Tensor | None = None,
+    ) -> tuple[Tensor, HMLSTMState, Tensor]:
+        """One time step for generation, through the same code as :meth:`forward`.
+
+        Shape: input (B, H_in); output (B, K, H); boundaries (B, K) given and returned.
+        """
+        if input.dim() != 2:
+            raise ValueError(f"step's input must be 2-d (B, input_size), got {tuple(input.shape)}")
+        dim = 1 if self.batch_first else 0
+        imposed = None if boundaries is None else boundaries.unsqueeze(dim)
+        output, state, bounds = self.forward(input.unsqueeze(dim), state, imposed)
+        return output.squeeze(dim), state, bounds.squeeze(dim)
+
+    # ------------------------------------------------------------------------------ pieces
+    def _step_weight(self, l: int) -> Tensor:
+        """Weights of the per-step multiply of layer l.
+
+        Without layer norm: (n*H, G), the recurrent, top-down and (for l > 0) bottom-up blocks
+        side by side, transposed. With layer norm: (n, H, G), the same blocks stacked for one
+        batched multiply.
+        """
+        blocks = [self.param("weight_hh", l)]
+        if self.has_top_down(l):
+            blocks.append(self.param("weight_td", l))
+        if l > 0:
+            blocks.append(self.param("weight_ih", l))
+        if self.layer_norm:
+            return torch.stack(blocks).transpose(1, 2)
+        return torch.cat(blocks, dim=1).t()
+
+    def _input_projection(self, input: Tensor) -> tuple[Tensor, ...]:
+        """Layer 0's bottom-up term W x_t + b for all steps in one multiply: T x (B, G_0)."""
+        T, B, _ = input.shape
+        weight, bias = self.param("weight_ih", 0), self.param("bias", 0)
+        if self.layer_norm:
+            proj = layer_norm(input.reshape(T * B, -1) @ weight.t(), self.param("ln_ih", 0)) + bias
+        else:
+            proj = torch.addmm(bias, input.reshape(T * B, -1), weight.t())
+        return proj.view(T, B, -1).unbind(0)
+
+    def _cell(
+        self,
+        l: int,
+        weight: Tensor,
+        h_prev: Tensor,
+        c_prev: Tensor,
+        z_prev: Tensor,
+        above: Tensor | None,
+        below: Tensor,
+        z_below: Tensor | None,
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """One step of layer l: returns h_t, c_t (B, H) and the detector's z_t (B, 1).
+
+        ``below`` is the bottom-up input h_t^{l-1} (for layer 0 the precomputed W x_t + b);
+        ``z_below`` is None for layer 0 (z^0 = 1).
+        """
+        H = self.hidden_size
+        s = self._preactivation(l, weight, h_prev, z_prev, above, below, z_below)  # (B, G)
+        i = torch.sigmoid(s[:, :H])
+        f = torch.sigmoid(s[:, H : 2 * H])
+        g = torch.tanh(s[:, 2 * H : 3 * H])
+        o = torch.sigmoid(s[:, 3 * H : 4 * H])
+        z_new = None
+        if self.has_detector(l):
+            z_new = boundary(s[:, 4 * H :], self.slope, self.boundary, self.training)
+
+        flush = z_prev if self.has_detector(l) else None
+        if flush is not None and not self.grad_through_ops:
+            flush = flush.detach()
+        z_in = z_below
+        if z_in is not None and not self.grad_through_ops:
+            z_in = z_in.detach()
+
+        if z_in is None:  # layer 0: z^0 = 1, so never COPY; UPDATE keeps f * c, FLUSH drops it
+            keep = f if flush is None else (1.0 - flush) * f
+            c = torch.addcmul(keep * c_prev, i, g)
+            return o * torch.tanh(self._norm_c(l, c)), c, z_new
+        update = z_in if flush is None else (1.0 - flush) * z_in
+        copy = 1.0 - z_in if flush is None else (1.0 - flush) * (1.0 - z_in)
+        act = 1.0 - copy  # flush + update
+        c = torch.addcmul((update * f + copy) * c_prev, act, i * g)
+        h = torch.addcmul(copy * h_prev, act, o * torch.tanh(self._norm_c(l, c)))
+        return h, c, z_new
+
+    def _preactivation(
+        self,
+        l: int,
+        weight: Tensor,
+        h_prev: Tensor,
+        z_prev: Tensor,
+        above: Tensor | None,
+        below: Tensor,
+        z_below: Tensor | None,
+    ) -> Tensor:
+        """s_t^l (B, G): one (batched) multiply over the gated inputs."""
+        inputs = [h_prev]
+        gates: list[Tensor | None] = [None]
+        if above is not None:
+            inputs.append(above)
+            gates.append(z_prev)
+        if l > 0:
+            inputs.append(below)
+            gates.append(z_below)
+        if not self.layer_norm:
+            gated = [x if zg is None else zg * x for x, zg in zip(inputs, gates, strict=True)]
+            base = below if l == 0 else self.param("bias", l)
+            return torch.addmm(base, torch.cat(gated, dim=1), weight)
+        proj = torch.bmm(torch.stack(inputs), weight)  # (n, B, G)
+        names = ["hh", "td"][: 1 + int(above is not None)] + (["ih"] if l > 0 else [])
+        s = below if l == 0 else self.param("bias", l)
+        for k, (name, zg) in enumerate(zip(names, gates, strict=True)):
+            normed = layer_norm(proj[k], self.param(f"ln_{name}", l))
+            s = s + (normed if zg is None else zg * normed)
+        return s
+
+    def _norm_c(self, l: int, c: Tensor) -> Tensor:
+        if not self.layer_norm:
+            return c
+        return layer_norm(c, self.param("ln_c_weight", l), self.param("ln_c_bias", l))
+
+
+def count_parameters(module: nn.Module) -> int:
+    """Number of trainable parameters."""
+    return sum(p.numel() for p in module.parameters() if p.requires_grad)
+
+
+__all__ = ["HMLSTM", "HMLSTMState", "count_parameters"]

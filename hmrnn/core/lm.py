@@ -1,0 +1,80 @@
+"""The character language model: embedding -> HM-LSTM -> output module -> softmax."""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from hmrnn.core.hmlstm import HMLSTM, HMLSTMState
+from hmrnn.core.output import OutputModule
+
+
+class LMOutput(NamedTuple):
+    """What one forward pass of :class:`CharLM` returns.
+
+    Shape:
+        logits: (T, B, V) unnormalised next-symbol scores.
+        loss: 0-d mean negative log-likelihood in nats per symbol (None without targets).
+        state: the recurrent state after the last step.
+        boundaries: (T, B, K) the boundaries used.
+    """
+
+    logits: Tensor
+    loss: Tensor | None
+    state: HMLSTMState
+    boundaries: Tensor
+
+
+class CharLM(nn.Module):
+    """Character-level language model around an :class:`HMLSTM` (SPEC sections 3 and 6).
+
+    Args:
+        vocab_size: V.
+        hidden_size: H of every HM-LSTM layer.
+        num_layers: K.
+        embedding_dim: size of the input character embedding (128 in the paper; no
+            non-linearity).
+        output_size: E, the output embedding's size.
+        **rnn_options: keyword options of :class:`HMLSTM` (layer_norm, boundary,
+            top_layer_boundary, grad_through_ops).
+
+    Inputs: tokens (T, B) int64, targets (T, B) or None, state, boundaries (T, B, K) or None.
+    The model is time-major throughout.
+    """
+
+    def __init__(
+        self,
+        vocab_size: int,
+        hidden_size: int,
+        num_layers: int = 3,
+        embedding_dim: int = 128,
+        output_size: int | None = None,
+        **rnn_options: object,
+    ) -> None:
+        super().__init__()
+        if not isinstance(vocab_size, int) or vocab_size < 2:
+            raise ValueError(f"vocab_size must be an integer >= 2, got {vocab_size!r}")
+        output_size = hidden_size if output_size is None else output_size
+        self.vocab_size = vocab_size
+        self.embedding = nn.Embedding(vocab_size, embedding_dim)
+        self.rnn = HMLSTM(embedding_dim, hidden_size, num_layers, **rnn_options)
+        self.output = OutputModule(num_layers, hidden_size, output_size)
+        self.head = nn.Linear(output_size, vocab_size)
+
+    def forward(
+        self,
+        tokens: Tensor,
+        targets: Tensor | None = None,
+        state: HMLSTMState | None = None,
+        boundaries: Tensor | None = None,
+    ) -> LMOutput:
+        if tokens.dim() != 2:
+            raise ValueError(f"tokens must be 2-d (T, B), got shape {tuple(tokens.shape)}")
+        hidden, state, bounds = self.rnn(self.embedding(tokens), state, boundaries)
+        logits = self.head(self.output(hidden))  # (T, B, V)
+        loss = None
+        if targets is not None:
+            loss = F.cross_entropy(logits.reshape(-1, self.vocab_size), targets.reshape(-1))
+        return LMOutput(logits, loss, state, bounds)
