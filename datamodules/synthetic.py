@@ -91,6 +91,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from datamodules.stream import CharStreamDataModule, Vocabulary
+from hmrnn.config import DataConfig
+
 __all__ = [
     "PHRASE_END",
     "WORD_SEP",
@@ -551,3 +554,36 @@ def make_splits(
     source = HierarchicalSource(config)
     sizes = {"train": train_chars, "valid": valid_chars, "test": test_chars}
     return {name: source.sample(n, seed=i) for i, (name, n) in enumerate(sizes.items())}
+
+
+class SyntheticDataModule(CharStreamDataModule):
+    """The embedded default data set: :class:`HierarchicalSource` samples, nothing to download.
+
+    ``data.train_chars`` / ``valid_chars`` / ``test_chars`` set the split sizes and
+    ``data.source_seed`` the lexicon; the splits are independent samples (seeds 0, 1, 2).
+    """
+
+    def __init__(self, config: DataConfig) -> None:
+        super().__init__(config)
+        self.source = HierarchicalSource(SyntheticConfig(seed=config.source_seed))
+        self.texts: dict[str, SyntheticText] = {}
+
+    def load(self) -> tuple[dict[str, np.ndarray], Vocabulary]:
+        c = self.config
+        self.texts = make_splits(self.source.config, c.train_chars, c.valid_chars, c.test_chars)
+        vocab = Vocabulary(tuple(self.source.alphabet))
+        return {name: vocab.encode(t.text) for name, t in self.texts.items()}, vocab
+
+    def boundaries(self, split: str) -> dict[str, np.ndarray]:
+        self.setup()
+        text = self.texts[split]
+        return {"word": text.word_end | text.phrase_end, "phrase": text.phrase_end}
+
+    def reference_rates(self) -> dict[str, float]:
+        """Bits per character of the source's exact predictor and of the trivial baselines."""
+        self.setup()
+        return {
+            "entropy_rate": self.source.entropy_rate(),
+            "topic_forgetting_rate": self.source.topic_forgetting_rate(),
+            "unigram_bpc": unigram_bpc(self.texts["train"].text, self.texts["test"].text),
+        }

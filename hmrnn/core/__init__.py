@@ -3,6 +3,7 @@
 from hmrnn.core.boundary import BOUNDARY_VARIANTS, boundary, hard_sigmoid
 from hmrnn.core.hmlstm import HMLSTM, HMLSTMState, count_parameters
 from hmrnn.core.lm import CharLM, LMOutput
+from hmrnn.core.lstm import StackedLSTM
 from hmrnn.core.output import OutputModule
 from hmrnn.core.reference import reference_forward
 
@@ -13,6 +14,7 @@ __all__ = [
     "HMLSTMState",
     "LMOutput",
     "OutputModule",
+    "StackedLSTM",
     "boundary",
     "count_parameters",
     "hard_sigmoid",

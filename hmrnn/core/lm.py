@@ -8,6 +8,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from hmrnn.core.hmlstm import HMLSTM, HMLSTMState
+from hmrnn.core.lstm import StackedLSTM
 from hmrnn.core.output import OutputModule
 
 
@@ -37,8 +38,9 @@ class CharLM(nn.Module):
         embedding_dim: size of the input character embedding (128 in the paper; no
             non-linearity).
         output_size: E, the output embedding's size.
-        **rnn_options: keyword options of :class:`HMLSTM` (layer_norm, boundary,
-            top_layer_boundary, grad_through_ops).
+        cell: ``"hmlstm"`` (the paper's model) or ``"lstm"`` (:class:`StackedLSTM`, the baseline).
+        **rnn_options: keyword options of the recurrent core: layer_norm, and for the HM-LSTM
+            boundary, top_layer_boundary and grad_through_ops.
 
     Inputs: tokens (T, B) int64, targets (T, B) or None, state, boundaries (T, B, K) or None.
     The model is time-major throughout.
@@ -51,6 +53,7 @@ class CharLM(nn.Module):
         num_layers: int = 3,
         embedding_dim: int = 128,
         output_size: int | None = None,
+        cell: str = "hmlstm",
         **rnn_options: object,
     ) -> None:
         super().__init__()
@@ -59,7 +62,16 @@ class CharLM(nn.Module):
         output_size = hidden_size if output_size is None else output_size
         self.vocab_size = vocab_size
         self.embedding = nn.Embedding(vocab_size, embedding_dim)
-        self.rnn = HMLSTM(embedding_dim, hidden_size, num_layers, **rnn_options)
+        if cell == "hmlstm":
+            self.rnn: HMLSTM | StackedLSTM = HMLSTM(
+                embedding_dim, hidden_size, num_layers, **rnn_options
+            )
+        elif cell == "lstm":
+            options = {k: v for k, v in rnn_options.items() if k == "layer_norm"}
+            self.rnn = StackedLSTM(embedding_dim, hidden_size, num_layers, **options)
+        else:
+            raise ValueError(f"cell must be 'hmlstm' or 'lstm', got {cell!r}")
+        self.cell = cell
         self.output = OutputModule(num_layers, hidden_size, output_size)
         self.head = nn.Linear(output_size, vocab_size)
 

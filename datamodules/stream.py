@@ -1,0 +1,188 @@
+"""Character streams for truncated BPTT: a vocabulary, contiguous per-rank shards, segments.
+
+A split's token stream of N symbols is cut into B rows of equal length (the global batch size;
+the tail that does not fill a row is dropped), row b holding tokens [b*L, (b+1)*L). DDP rank r of
+W takes rows [r*B/W, (r+1)*B/W): a contiguous shard, so the state carried from one batch to the
+next continues the same text on every rank, and W ranks see exactly the rows one process would.
+Segment i of a shard is its columns [i*T, i*T + T] (T+1 tokens: inputs and shifted targets).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from hmrnn.config import DataConfig
+
+SPLITS = ("train", "valid", "test")
+
+
+class DataError(ValueError):
+    """Missing, corrupt or unusable data; the message names the file and what to do."""
+
+
+@dataclass(frozen=True)
+class Vocabulary:
+    """The symbols of a data set in id order; saved with checkpoints so text decodes the same."""
+
+    symbols: tuple[str, ...]
+
+    def __post_init__(self) -> None:
+        if len(set(self.symbols)) != len(self.symbols):
+            raise ValueError("vocabulary symbols must be distinct")
+
+    def __len__(self) -> int:
+        return len(self.symbols)
+
+    @classmethod
+    def from_text(cls, text: str) -> Vocabulary:
+        return cls(tuple(sorted(set(text))))
+
+    def encode(self, text: str) -> np.ndarray:
+        """Characters to ids (uint8 when the vocabulary fits, else int32)."""
+        index = {s: i for i, s in enumerate(self.symbols)}
+        dtype = np.uint8 if len(self) <= 256 else np.int32
+        try:
+            return np.fromiter((index[ch] for ch in text), dtype=dtype, count=len(text))
+        except KeyError as error:
+            raise DataError(f"symbol {error.args[0]!r} is not in the vocabulary") from error
+
+    def decode(self, ids: Any) -> str:
+        return "".join(self.symbols[int(i)] for i in ids)
+
+    def to_json(self) -> str:
+        return json.dumps(list(self.symbols))
+
+    @classmethod
+    def from_json(cls, text: str) -> Vocabulary:
+        return cls(tuple(json.loads(text)))
+
+
+class StreamSegments(Dataset):
+    """Consecutive (T+1, B_local) windows of one rank's rows of a token stream.
+
+    Args:
+        tokens: (N,) integer ids of the whole split.
+        rows: B, the global number of rows.
+        bptt: T.
+        rank, world_size: this process's share of the rows (contiguous).
+
+    Item i: int64 tensor (T_i + 1, B_local), time-major; T_i = T except for a shorter last one.
+    """
+
+    def __init__(
+        self, tokens: np.ndarray, rows: int, bptt: int, rank: int = 0, world_size: int = 1
+    ) -> None:
+        if rows % world_size:
+            raise DataError(
+                f"data.batch_size={rows} must be divisible by the number of processes "
+                f"({world_size}) so that every rank holds the same number of rows"
+            )
+        length = len(tokens) // rows
+        if length < 2:
+            raise DataError(
+                f"a split of {len(tokens)} symbols is too short for {rows} rows: each row needs "
+                "at least 2 symbols; lower data.batch_size"
+            )
+        local = rows // world_size
+        grid = np.asarray(tokens[: rows * length]).reshape(rows, length)
+        self.data = np.ascontiguousarray(grid[rank * local : (rank + 1) * local].T)  # (L, B_local)
+        self.bptt = bptt
+        self.rows, self.local_rows, self.row_length = rows, local, length
+        self.first_row = rank * local
+
+    def __len__(self) -> int:
+        return math.ceil((self.row_length - 1) / self.bptt)
+
+    def __getitem__(self, i: int) -> torch.Tensor:
+        if not 0 <= i < len(self):
+            raise IndexError(i)
+        start = i * self.bptt
+        stop = min(start + self.bptt, self.row_length - 1)
+        return torch.from_numpy(self.data[start : stop + 1].astype(np.int64))
+
+    def positions(self, i: int) -> np.ndarray:
+        """(T_i, B_local) stream positions of segment i's inputs (to look up true boundaries)."""
+        start = i * self.bptt
+        stop = min(start + self.bptt, self.row_length - 1)
+        rows = np.arange(self.first_row, self.first_row + self.local_rows)
+        return rows[None, :] * self.row_length + np.arange(start, stop)[:, None]
+
+
+class CharStreamDataModule(L.LightningDataModule):
+    """Base of the character data sets: subclasses provide the token streams and vocabulary.
+
+    Subclasses implement :meth:`load` (and may override :meth:`prepare_data` to download).
+    Shards follow ``self.trainer``'s rank and world size, so ``Trainer(use_distributed_sampler=
+    False)`` is required (``hmrnn.train`` sets it).
+    """
+
+    def __init__(self, config: DataConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.tokens: dict[str, np.ndarray] = {}
+        self.vocab: Vocabulary | None = None
+        self.train_start = 0  # the first training segment of the current epoch (mid-epoch resume)
+
+    # -- what a data set provides
+    def load(self) -> tuple[dict[str, np.ndarray], Vocabulary]:
+        """The encoded ``train`` / ``valid`` / ``test`` streams and the vocabulary."""
+        raise NotImplementedError
+
+    def boundaries(self, split: str) -> dict[str, np.ndarray]:
+        """True boundaries of a split by name (e.g. ``word``), bool arrays over the stream."""
+        return {}
+
+    # -- Lightning
+    def setup(self, stage: str | None = None) -> None:
+        if not self.tokens:
+            self.tokens, self.vocab = self.load()
+
+    def _rank(self) -> tuple[int, int]:
+        trainer = getattr(self, "trainer", None)
+        if trainer is None:
+            return 0, 1
+        return trainer.global_rank, trainer.world_size
+
+    def segments(self, split: str, *, all_rows: bool = False) -> StreamSegments:
+        """This rank's segments of a split (every row with ``all_rows``)."""
+        self.setup()
+        rows = self.config.batch_size
+        if split != "train" and self.config.eval_batch_size:
+            rows = self.config.eval_batch_size
+        rank, world = (0, 1) if all_rows else self._rank()
+        return StreamSegments(self.tokens[split], rows, self.config.bptt, rank, world)
+
+    def _loader(self, dataset: Dataset) -> DataLoader:
+        return DataLoader(dataset, batch_size=None, shuffle=False, num_workers=0)
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader(self.segments("train"))
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader(self.segments("valid"))
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader(self.segments("test"))
+
+    @property
+    def vocab_size(self) -> int:
+        self.setup()
+        assert self.vocab is not None
+        return len(self.vocab)
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` through a temporary name and a rename: never half-written."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_bytes(data)
+    tmp.replace(path)

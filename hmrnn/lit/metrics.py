@@ -1,0 +1,60 @@
+"""torchmetrics that stay exact under DDP with unequal shards: sums, reduced, then divided."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+from torchmetrics import Metric
+
+from hmrnn.core.analysis import OPERATIONS, operation_counts
+
+
+class BitsPerChar(Metric):
+    """Bits per character: summed negative log-likelihood over all symbols of all ranks / count."""
+
+    full_state_update = False
+    higher_is_better = False
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.add_state("nll", torch.tensor(0.0, dtype=torch.float64), dist_reduce_fx="sum")
+        self.add_state("count", torch.tensor(0.0, dtype=torch.float64), dist_reduce_fx="sum")
+
+    def update(self, mean_nll: Tensor, count: int) -> None:
+        """``mean_nll`` in nats per symbol over ``count`` symbols."""
+        self.nll += mean_nll.detach().to(torch.float64) * count
+        self.count += count
+
+    def compute(self) -> Tensor:
+        return self.nll / self.count.clamp_min(1) / math.log(2)
+
+
+class BoundaryStats(Metric):
+    """Per-layer boundary rate and UPDATE / COPY / FLUSH fractions, summed over ranks."""
+
+    full_state_update = False
+
+    def __init__(self, num_layers: int) -> None:
+        super().__init__()
+        self.num_layers = num_layers
+        zeros = torch.zeros(num_layers, dtype=torch.float64)
+        self.add_state("fired", zeros.clone(), dist_reduce_fx="sum")
+        self.add_state("ops", torch.zeros(num_layers, 3, dtype=torch.float64), dist_reduce_fx="sum")
+        self.add_state("steps", torch.tensor(0.0, dtype=torch.float64), dist_reduce_fx="sum")
+
+    def update(self, boundaries: Tensor, z0: Tensor | None) -> None:
+        """boundaries (T, B, K); z0 (K, B) the carried z before the first step."""
+        self.fired += boundaries.detach().to(torch.float64).sum((0, 1))
+        self.ops += operation_counts(boundaries, z0).to(self.ops.device)
+        self.steps += boundaries.shape[0] * boundaries.shape[1]
+
+    def compute(self) -> dict[str, Tensor]:
+        steps = self.steps.clamp_min(1)
+        out = {}
+        for l in range(self.num_layers):
+            out[f"z_rate_l{l + 1}"] = self.fired[l] / steps
+            for k, name in enumerate(OPERATIONS):
+                out[f"{name}_l{l + 1}"] = self.ops[l, k] / steps
+        return out

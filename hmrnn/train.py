@@ -1,0 +1,283 @@
+"""Train, validate and test a character language model.
+
+    python -m hmrnn.train experiment=demo [model=lstm] [key=value ...]
+    python -m hmrnn.train resume=runs/<run>            # continue a stopped run where it stopped
+
+Each run gets a folder ``<out_dir>/<run_name>`` holding ``config.yaml`` (the resolved
+configuration), ``checkpoints/`` (``best.ckpt``, ``last.ckpt``), ``csv/metrics.csv``, the W&B
+files (``wandb/``, offline by default: ``wandb sync`` uploads them) and, at the end,
+``results.json``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint, TQDMProgressBar
+from lightning.pytorch.loggers import CSVLogger, WandbLogger
+from omegaconf import DictConfig, OmegaConf
+
+from datamodules import build_datamodule
+from datamodules.stream import CharStreamDataModule
+from hmrnn.compose import compose, config_error, split_arguments
+from hmrnn.config import Config, ConfigError, validate
+from hmrnn.evaluate import boundary_report, run_split
+from hmrnn.lit.callbacks import SlopeAnnealing, Throughput
+from hmrnn.lit.module import LitCharLM
+
+
+# ------------------------------------------------------------------------------ run folder
+def resolve_resume(path: str) -> tuple[Path, Path]:
+    """(run folder, checkpoint) from ``resume=``: a run folder or a checkpoint file."""
+    target = Path(path)
+    if target.is_dir():
+        ckpt = target / "checkpoints" / "last.ckpt"
+        if not ckpt.is_file():
+            raise ConfigError(
+                f"resume={path!r}: {ckpt} does not exist, so there is nothing to "
+                "resume; start a new run without resume="
+            )
+        return target, ckpt
+    if target.is_file():
+        run_dir = target.parent.parent if target.parent.name == "checkpoints" else target.parent
+        return run_dir, target
+    raise ConfigError(f"resume={path!r} is neither a run folder nor a checkpoint file")
+
+
+def load_config(argv: list[str]) -> tuple[Config, DictConfig, Path | None]:
+    """Compose the configuration; with ``resume=`` start from the run's saved one."""
+    _, overrides = split_arguments(argv)
+    resume = next((a.split("=", 1)[1] for a in overrides if a.startswith("resume=")), "")
+    if not resume:
+        config, cfg = compose(argv)
+        return config, cfg, None
+    run_dir, ckpt = resolve_resume(resume)
+    saved = run_dir / "config.yaml"
+    if not saved.is_file():
+        raise ConfigError(f"resume={resume!r}: {saved} is missing, so the run's settings are lost")
+    cfg = OmegaConf.merge(OmegaConf.structured(Config), OmegaConf.load(saved))
+    OmegaConf.set_struct(cfg, True)
+    try:
+        cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist(overrides))
+        config = validate(OmegaConf.to_object(cfg))  # type: ignore[arg-type]
+    except Exception as error:
+        if isinstance(error, ConfigError):
+            raise
+        raise config_error(error, "the command line") from error  # type: ignore[arg-type]
+    config.resume = str(ckpt)
+    config.run_name = run_dir.name
+    config.out_dir = str(run_dir.parent)
+    return config, cfg, ckpt
+
+
+def run_folder(config: Config) -> Path:
+    if not config.run_name:
+        stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+        config.run_name = f"{config.experiment or 'run'}-{config.model.name}-{stamp}"
+    return Path(config.out_dir) / config.run_name
+
+
+def write_atomic(path: Path, text: str) -> None:
+    """Write through a temporary name and a rename, so a reader never sees half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    tmp.replace(path)
+
+
+def git_commit() -> str:
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"],
+            capture_output=True,
+            text=True,
+            cwd=Path(__file__).parent,
+            timeout=10,
+        )
+        return out.stdout.strip() or "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def hardware() -> dict[str, Any]:
+    info: dict[str, Any] = {
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "cpu_threads": torch.get_num_threads(),
+    }
+    if torch.cuda.is_available():
+        info["gpus"] = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
+    return info
+
+
+# ---------------------------------------------------------------------------------- build
+def build_trainer(config: Config, run_dir: Path) -> tuple[L.Trainer, dict[str, Any]]:
+    t = config.trainer
+    os.environ.setdefault("WANDB_SILENT", "true")
+    loggers: list[Any] = [CSVLogger(save_dir=str(run_dir), name="csv", version="")]
+    if config.logger.mode != "disabled":
+        loggers.append(
+            WandbLogger(
+                save_dir=str(run_dir),
+                project=config.logger.project,
+                entity=config.logger.entity or None,
+                name=config.run_name,
+                id=config.run_name.replace("/", "-")[-64:],
+                tags=list(config.logger.tags) or None,
+                mode=config.logger.mode,
+                resume="allow",
+            )
+        )
+    checkpoint = ModelCheckpoint(
+        dirpath=str(run_dir / "checkpoints"),
+        filename="best",
+        monitor="val/bpc",
+        mode="min",
+        save_top_k=1,
+        save_last=True,
+        every_n_train_steps=t.checkpoint_every_n_steps or None,
+        enable_version_counter=False,
+    )
+    throughput = Throughput()
+    callbacks: list[L.Callback] = [checkpoint, throughput, LearningRateMonitor("step")]
+    if config.model.name == "hmlstm":
+        callbacks.append(SlopeAnnealing(config.slope))
+    if t.enable_progress_bar:
+        callbacks.append(TQDMProgressBar(refresh_rate=10))
+    trainer = L.Trainer(
+        max_epochs=t.max_epochs,
+        max_steps=t.max_steps,
+        accelerator=t.accelerator,
+        devices=t.devices,
+        num_nodes=t.num_nodes,
+        strategy=t.strategy,
+        precision=t.precision,
+        val_check_interval=t.val_check_interval,
+        limit_val_batches=t.limit_val_batches,
+        log_every_n_steps=t.log_every_n_steps,
+        gradient_clip_val=config.optim.grad_clip or None,
+        deterministic=t.deterministic,
+        enable_progress_bar=t.enable_progress_bar,
+        use_distributed_sampler=False,  # contiguous per-rank shards keep the carried state valid
+        num_sanity_val_steps=0,
+        default_root_dir=str(run_dir),
+        logger=loggers,
+        callbacks=callbacks,
+    )
+    return trainer, {"checkpoint": checkpoint, "throughput": throughput}
+
+
+# ------------------------------------------------------------------------------------ run
+def summarise(
+    config: Config,
+    module: LitCharLM,
+    dm: CharStreamDataModule,
+    trainer: L.Trainer,
+    parts: dict[str, Any],
+    started: float,
+) -> dict[str, Any]:
+    """results.json's content: metrics, reference rates, boundaries, config, provenance."""
+    metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
+    best = parts["checkpoint"].best_model_score
+    results: dict[str, Any] = {
+        "run_name": config.run_name,
+        "metrics": metrics,
+        "best_val_bpc": None if best is None else float(best),
+        "best_checkpoint": parts["checkpoint"].best_model_path,
+        "parameters": module.num_parameters(),
+        "train_chars_per_sec": parts["throughput"].mean_chars_per_sec,
+        "global_step": trainer.global_step,
+        "epochs": trainer.current_epoch,
+        "wall_seconds": time.time() - started,
+        "git_commit": git_commit(),
+        "hardware": hardware(),
+        "config": dataclasses.asdict(config),
+    }
+    if hasattr(dm, "reference_rates"):
+        results["reference_rates"] = dm.reference_rates()
+    truth = dm.boundaries("test")
+    if truth and config.test and config.model.name == "hmlstm":
+        bpc, bounds, seen = run_split(module.model, dm, "test")
+        results["test_bpc_one_process"] = bpc
+        results["boundaries"] = boundary_report(bounds, seen, truth)
+        results["boundary_rates"] = bounds[seen].mean(0).tolist()
+    return results
+
+
+def print_summary(results: dict[str, Any]) -> None:
+    m = results["metrics"]
+    lines = [
+        "",
+        f"run {results['run_name']}: {results['parameters']:,} parameters, "
+        f"{results['train_chars_per_sec']:,.0f} chars/s, {results['wall_seconds']:.0f} s",
+    ]
+    for key in ("test/bpc", "val/bpc"):
+        if key in m:
+            lines.append(f"  {key:<28} {m[key]:.4f}")
+    for name, value in results.get("reference_rates", {}).items():
+        lines.append(f"  {name:<28} {value:.4f}")
+    if "boundary_rates" in results:
+        rates = ", ".join(f"l{i + 1} {r:.3f}" for i, r in enumerate(results["boundary_rates"]))
+        lines.append(f"  boundary rates               {rates}")
+        lines.append("  boundaries vs truth          precision  recall     F1")
+        for key, s in results["boundaries"].items():
+            lines.append(f"    {key:<26} {s['precision']:9.3f} {s['recall']:7.3f} {s['f1']:6.3f}")
+    print("\n".join(lines), flush=True)
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any] | None:
+    argv = sys.argv[1:] if argv is None else argv
+    started = time.time()
+    config, _, ckpt = load_config(argv)
+    run_dir = run_folder(config)
+    L.seed_everything(config.seed, workers=True, verbose=False)
+    dm = build_datamodule(config.data)
+    dm.setup()
+    assert dm.vocab is not None
+    if ckpt is not None:
+        module = LitCharLM.load_from_checkpoint(str(ckpt), map_location="cpu")
+        module.config = config  # new trainer settings (e.g. more epochs) apply
+    else:
+        module = LitCharLM(dataclasses.asdict(config), len(dm.vocab), list(dm.vocab.symbols))
+    trainer, parts = build_trainer(config, run_dir)
+    if trainer.is_global_zero:
+        resolved = OmegaConf.to_yaml(OmegaConf.structured(config))
+        print(f"run folder: {run_dir}\n{resolved}", flush=True)
+        write_atomic(run_dir / "config.yaml", resolved)
+        write_atomic(run_dir / "vocab.json", dm.vocab.to_json())
+    trainer.fit(module, datamodule=dm, ckpt_path=str(ckpt) if ckpt else None)
+    if config.test:
+        best = parts["checkpoint"].best_model_path
+        trainer.test(module, datamodule=dm, ckpt_path=best or None, verbose=False)
+        if best:  # the returned summary evaluates the model that was tested
+            module = LitCharLM.load_from_checkpoint(best, map_location="cpu")
+    if not trainer.is_global_zero:
+        return None
+    results = summarise(config, module, dm, trainer, parts, started)
+    write_atomic(run_dir / "results.json", json.dumps(results, indent=2, default=str))
+    print_summary(results)
+    return results
+
+
+def cli() -> None:
+    try:
+        main()
+    except ConfigError as error:
+        print(f"error: {error}", file=sys.stderr)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    cli()

@@ -1,0 +1,33 @@
+"""Operation counts and boundary precision / recall / F1 on hand-made sequences."""
+
+from __future__ import annotations
+
+import torch
+
+from hmrnn.core.analysis import boundary_scores, operation_counts
+
+
+def test_operation_counts_follow_the_table() -> None:
+    # one row, K = 3, four steps; columns are z^1, z^2, z^3 (z^3 = 0: no detector)
+    z = torch.tensor([[1, 0, 0], [0, 1, 0], [1, 1, 0], [0, 0, 0]], dtype=torch.float32)[:, None]
+    counts = operation_counts(z)  # z0 = zeros
+    # layer 1 never copies: t0 update, t1 flush (z^1_0 = 1), t2 update, t3 flush
+    assert counts[0].tolist() == [2, 0, 2]
+    # layer 2: t0 update (z^1_0 = 1), t1 copy, t2 flush (z^2_1 = 1), t3 flush (z^2_2 = 1)
+    assert counts[1].tolist() == [1, 1, 2]
+    # layer 3: t0 copy, t1 update (z^2_1 = 1), t2 update, t3 copy
+    assert counts[2].tolist() == [2, 2, 0]
+    z0 = torch.tensor([[0.0], [1.0], [0.0]])  # layer 2 fired just before the first step
+    assert operation_counts(z, z0)[1].tolist() == [0, 1, 3]
+
+
+def test_boundary_scores_with_and_without_tolerance() -> None:
+    true = torch.tensor([0, 0, 1, 0, 0, 1, 0, 0, 0, 1], dtype=torch.bool)
+    pred = torch.tensor([0, 0, 1, 1, 0, 0, 0, 0, 0, 0], dtype=torch.bool)
+    s0 = boundary_scores(pred, true, 0)
+    assert (s0["precision"], s0["recall"]) == (0.5, 1 / 3)
+    assert abs(s0["f1"] - 0.4) < 1e-12 and s0["rate"] == 0.2
+    s1 = boundary_scores(pred, true, 1)  # t=3 is within one step of t=2 (not of t=5)
+    assert (s1["precision"], s1["recall"]) == (1.0, 1 / 3)
+    none = boundary_scores(torch.zeros(10, dtype=torch.bool), true)
+    assert none == {"precision": 0.0, "recall": 0.0, "f1": 0.0, "rate": 0.0}

@@ -1,0 +1,61 @@
+"""Configuration: composition order, and bad settings failing early with a clear message."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+from hmrnn.compose import compose
+from hmrnn.config import Config, ConfigError, dotted_keys, from_dict
+
+
+def test_experiment_then_command_line_override_the_schema() -> None:
+    config, _ = compose(["experiment=demo", "model.hidden_size=64", "optim.lr=0.01"])
+    assert config.experiment == "demo"
+    assert config.model.name == "hmlstm" and config.data.name == "synthetic"
+    assert config.model.hidden_size == 64  # command line beats the experiment's 128
+    assert config.model.embedding_dim == 32  # from the experiment
+    assert config.optim.lr == 0.01
+    assert config.optim.grad_clip == Config().optim.grad_clip  # schema default
+
+
+def test_group_choice_on_the_command_line_wins_over_the_experiment() -> None:
+    config, _ = compose(["experiment=demo", "model=lstm"])
+    assert config.model.name == "lstm"
+
+
+def test_config_round_trips_through_a_dict() -> None:
+    config, _ = compose(["experiment=demo", "logger.tags=[a,b]"])
+    again = from_dict(Config, dataclasses.asdict(config))
+    assert again == config and again.logger.tags == ["a", "b"]
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (
+            ["model.hiden_size=3"],
+            r"unknown key 'model.hiden_size'.*did you mean 'model.hidden_size'",
+        ),
+        (["model.hidden_size=abc"], r"bad value for 'model.hidden_size'"),
+        (
+            ["model.boundary=gumbel"],
+            r"model.boundary='gumbel' is not a valid choice.*step, bernoulli, soft",
+        ),
+        (["model=hmlstmm"], r"model='hmlstmm' has no file .*did you mean 'hmlstm'"),
+        (["experiment=nope"], r"experiment='nope' has no file"),
+        (["logger.mode=onlien"], r"did you mean 'online'"),
+        (["data.batch_size=0"], r"data.batch_size must be positive"),
+        (["hidden_size"], r"not of the form key=value"),
+        (["regularizer.weight=1.0"], r"regularizer.target_rates needs one rate per detector layer"),
+    ],
+)
+def test_bad_settings_fail_with_one_clear_sentence(argv: list[str], message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        compose(argv)
+
+
+def test_every_schema_key_is_listed() -> None:
+    keys = dotted_keys()
+    assert "model.hidden_size" in keys and "trainer.devices" in keys and "seed" in keys
