@@ -18,7 +18,7 @@ from typing import Any
 import lightning as L
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Sampler
 
 from hmrnn.config import DataConfig
 
@@ -117,6 +117,57 @@ class StreamSegments(Dataset):
         return rows[None, :] * self.row_length + np.arange(start, stop)[:, None]
 
 
+class _FromOffset(Sampler[int]):
+    """0, 1, ..., n-1, or from ``start`` once after a mid-epoch resume."""
+
+    def __init__(self, n: int) -> None:
+        self.n, self.start = n, 0
+
+    def __len__(self) -> int:  # the full epoch: Lightning's counters continue from a checkpoint
+        return self.n
+
+    def __iter__(self):  # not a generator: ``start`` is read when the iterator is made
+        start, self.start = self.start, 0
+        return iter(range(start, self.n))
+
+
+class ResumableLoader(DataLoader):
+    """The training loader: segments in order, and able to continue mid-epoch.
+
+    Lightning saves ``state_dict()`` of the train dataloader in each checkpoint (under
+    ``loops/fit_loop/state_dict/combined_loader``) and calls ``load_state_dict()`` before iterating
+    an unfinished epoch, so a resumed run continues with exactly the next segment. The loader has
+    its own random generator: iterating draws nothing from the global one.
+    """
+
+    def __init__(self, dataset: Dataset) -> None:
+        self._order = _FromOffset(len(dataset))  # type: ignore[arg-type]
+        super().__init__(
+            dataset,
+            batch_size=None,
+            sampler=self._order,
+            num_workers=0,
+            generator=torch.Generator(),
+        )
+        self.consumed = 0  # batches handed out in the current epoch
+
+    def __iter__(self):
+        self.consumed = self._order.start
+        return self._counting(super().__iter__())
+
+    def _counting(self, batches):
+        for batch in batches:
+            self.consumed += 1
+            yield batch
+
+    def state_dict(self) -> dict[str, int]:
+        return {"consumed": self.consumed}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        self._order.start = state["consumed"] % max(len(self._order), 1)
+        self.consumed = self._order.start
+
+
 class CharStreamDataModule(L.LightningDataModule):
     """Base of the character data sets: subclasses provide the token streams and vocabulary.
 
@@ -130,7 +181,6 @@ class CharStreamDataModule(L.LightningDataModule):
         self.config = config
         self.tokens: dict[str, np.ndarray] = {}
         self.vocab: Vocabulary | None = None
-        self.train_start = 0  # the first training segment of the current epoch (mid-epoch resume)
 
     # -- what a data set provides
     def load(self) -> tuple[dict[str, np.ndarray], Vocabulary]:
@@ -162,10 +212,12 @@ class CharStreamDataModule(L.LightningDataModule):
         return StreamSegments(self.tokens[split], rows, self.config.bptt, rank, world)
 
     def _loader(self, dataset: Dataset) -> DataLoader:
-        return DataLoader(dataset, batch_size=None, shuffle=False, num_workers=0)
+        return DataLoader(
+            dataset, batch_size=None, shuffle=False, num_workers=0, generator=torch.Generator()
+        )
 
     def train_dataloader(self) -> DataLoader:
-        return self._loader(self.segments("train"))
+        return ResumableLoader(self.segments("train"))
 
     def val_dataloader(self) -> DataLoader:
         return self._loader(self.segments("valid"))

@@ -26,15 +26,19 @@ import lightning as L
 import torch
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint, TQDMProgressBar
 from lightning.pytorch.loggers import CSVLogger, WandbLogger
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 
 from datamodules import build_datamodule
 from datamodules.stream import CharStreamDataModule
 from hmrnn.compose import compose, config_error, split_arguments
 from hmrnn.config import Config, ConfigError, validate
 from hmrnn.evaluate import boundary_report, run_split
-from hmrnn.lit.callbacks import SlopeAnnealing, Throughput
+from hmrnn.lit.callbacks import ResumeCheckpoint, RNGState, SlopeAnnealing, Throughput
 from hmrnn.lit.module import LitCharLM
+
+PREEMPTED_EXIT_CODE = 143  # 128 + SIGTERM, as a shell reports a process ended by SIGTERM
 
 
 # ------------------------------------------------------------------------------ run folder
@@ -69,12 +73,22 @@ def load_config(argv: list[str]) -> tuple[Config, DictConfig, Path | None]:
     cfg = OmegaConf.merge(OmegaConf.structured(Config), OmegaConf.load(saved))
     OmegaConf.set_struct(cfg, True)
     try:
+        saved_config: Config = OmegaConf.to_object(cfg)  # type: ignore[assignment]
         cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist(overrides))
         config = validate(OmegaConf.to_object(cfg))  # type: ignore[arg-type]
-    except Exception as error:
-        if isinstance(error, ConfigError):
-            raise
-        raise config_error(error, "the command line") from error  # type: ignore[arg-type]
+    except OmegaConfBaseException as error:
+        raise config_error(error, "the command line") from error
+    for section in ("model", "data"):  # the checkpoint's network and data position need them
+        old, new = (
+            dataclasses.asdict(getattr(saved_config, section)),
+            dataclasses.asdict(getattr(config, section)),
+        )
+        for key in old:
+            if old[key] != new[key]:
+                raise ConfigError(
+                    f"{section}.{key}={new[key]!r} differs from the resumed run's "
+                    f"{old[key]!r} ({saved}); a resumed run keeps its model and data settings"
+                )
     config.resume = str(ckpt)
     config.run_name = run_dir.name
     config.out_dir = str(run_dir.parent)
@@ -140,18 +154,23 @@ def build_trainer(config: Config, run_dir: Path) -> tuple[L.Trainer, dict[str, A
                 resume="allow",
             )
         )
-    checkpoint = ModelCheckpoint(
+    checkpoint = ModelCheckpoint(  # the best model, for testing; resuming uses last.ckpt
         dirpath=str(run_dir / "checkpoints"),
         filename="best",
         monitor="val/bpc",
         mode="min",
         save_top_k=1,
-        save_last=True,
-        every_n_train_steps=t.checkpoint_every_n_steps or None,
+        save_last=False,
         enable_version_counter=False,
     )
     throughput = Throughput()
-    callbacks: list[L.Callback] = [checkpoint, throughput, LearningRateMonitor("step")]
+    callbacks: list[L.Callback] = [
+        checkpoint,
+        ResumeCheckpoint(run_dir / "checkpoints" / "last.ckpt", t.checkpoint_every_n_steps),
+        RNGState(),
+        throughput,
+        LearningRateMonitor("step"),
+    ]
     if config.model.name == "hmlstm":
         callbacks.append(SlopeAnnealing(config.slope))
     if t.enable_progress_bar:
@@ -199,6 +218,7 @@ def summarise(
         "parameters": module.num_parameters(),
         "train_chars_per_sec": parts["throughput"].mean_chars_per_sec,
         "global_step": trainer.global_step,
+        "world_size": trainer.world_size,
         "epochs": trainer.current_epoch,
         "wall_seconds": time.time() - started,
         "git_commit": git_commit(),
@@ -246,21 +266,29 @@ def main(argv: list[str] | None = None) -> dict[str, Any] | None:
     dm = build_datamodule(config.data)
     dm.setup()
     assert dm.vocab is not None
-    if ckpt is not None:
-        module = LitCharLM.load_from_checkpoint(str(ckpt), map_location="cpu")
-        module.config = config  # new trainer settings (e.g. more epochs) apply
-    else:
-        module = LitCharLM(dataclasses.asdict(config), len(dm.vocab), list(dm.vocab.symbols))
+    # on resume, fit(ckpt_path=...) restores weights, optimiser, loops, loader position, RNG
+    module = LitCharLM(dataclasses.asdict(config), len(dm.vocab), list(dm.vocab.symbols))
     trainer, parts = build_trainer(config, run_dir)
     if trainer.is_global_zero:
         resolved = OmegaConf.to_yaml(OmegaConf.structured(config))
         print(f"run folder: {run_dir}\n{resolved}", flush=True)
         write_atomic(run_dir / "config.yaml", resolved)
         write_atomic(run_dir / "vocab.json", dm.vocab.to_json())
-    trainer.fit(module, datamodule=dm, ckpt_path=str(ckpt) if ckpt else None)
+    try:
+        trainer.fit(module, datamodule=dm, ckpt_path=str(ckpt) if ckpt else None, weights_only=True)
+    except SIGTERMException:
+        if trainer.is_global_zero:
+            print(
+                f"stopped by SIGTERM; continue with: python -m hmrnn.train resume={run_dir}",
+                file=sys.stderr,
+                flush=True,
+            )
+        sys.exit(PREEMPTED_EXIT_CODE)
     if config.test:
         best = parts["checkpoint"].best_model_path
-        trainer.test(module, datamodule=dm, ckpt_path=best or None, verbose=False)
+        trainer.test(
+            module, datamodule=dm, ckpt_path=best or None, verbose=False, weights_only=True
+        )
         if best:  # the returned summary evaluates the model that was tested
             module = LitCharLM.load_from_checkpoint(best, map_location="cpu")
     if not trainer.is_global_zero:

@@ -1,12 +1,19 @@
-"""Training policy as callbacks: slope annealing and throughput."""
+"""Training policy as callbacks: slope annealing, throughput, RNG state, resumable checkpoints."""
 
 from __future__ import annotations
 
+import random
+import signal
+import threading
 import time
+from pathlib import Path
 from typing import Any
 
 import lightning as L
+import numpy as np
 import torch
+from lightning.pytorch.utilities.exceptions import SIGTERMException
+from lightning.pytorch.utilities.rank_zero import rank_zero_info
 
 from hmrnn.config import SlopeConfig
 
@@ -69,3 +76,140 @@ class Throughput(L.Callback):
     @property
     def mean_chars_per_sec(self) -> float:
         return self.chars / self.seconds if self.seconds else 0.0
+
+
+# ------------------------------------------------------------------------- resume and faults
+def rng_state() -> dict[str, Any]:
+    """Every global RNG's state as tensors and Python values (loadable with weights_only=True)."""
+    name, keys, pos, has_gauss, cached = np.random.get_state()  # type: ignore[misc]
+    return {
+        "torch": torch.get_rng_state(),
+        "numpy": [
+            name,
+            torch.from_numpy(keys.astype(np.int64)),
+            int(pos),
+            int(has_gauss),
+            float(cached),
+        ],
+        "python": random.getstate(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+    }
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    name, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
+    random.setstate(state["python"])
+    if state.get("cuda") and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+class RNGState(L.Callback):
+    """Saves the RNG states in checkpoints and restores them when training resumes.
+
+    Lightning saves none; the Bernoulli boundary estimator draws from torch's generator, so a
+    resumed run needs them to continue bit for bit. Restored in ``on_train_start``, after
+    Lightning has set up the loaders and before the first resumed batch.
+    """
+
+    def __init__(self) -> None:
+        self.pending: dict[str, Any] | None = None
+
+    def state_dict(self) -> dict[str, Any]:
+        return rng_state()
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.pending = state_dict
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self.pending is not None:
+            set_rng_state(self.pending)
+            self.pending = None
+
+
+class ResumeCheckpoint(L.Callback):
+    """``last.ckpt`` for resuming: written atomically, only where a resume continues exactly.
+
+    Lightning restores a run mid-epoch only from a batch end after which no validation is due and
+    which is not the epoch's last (from such a point it would skip the validation, and the plateau
+    schedule with it). So this callback saves at the first such batch end once ``every_n_steps``
+    steps have passed (or after each validation, when 0), when SIGTERM arrives (then it stops the
+    run: cluster preemption), and when training ends.
+
+    The file is written to a temporary name and renamed, so a kill while writing leaves the
+    previous ``last.ckpt`` intact.
+    """
+
+    def __init__(self, path: str | Path, every_n_steps: int = 0) -> None:
+        self.path = Path(path)
+        self.every_n_steps = every_n_steps
+        self.due = False
+        self.sigterm = False
+        self._previous_handler: Any = None
+
+    # -- triggers
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if threading.current_thread() is threading.main_thread():
+            self._previous_handler = signal.getsignal(signal.SIGTERM)
+            signal.signal(signal.SIGTERM, self._on_sigterm)
+
+    def _on_sigterm(self, signum: int, frame: Any) -> None:
+        self.sigterm = True
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if not self.every_n_steps and trainer.state.fn == "fit" and not trainer.sanity_checking:
+            self.due = True
+
+    @staticmethod
+    def safe(trainer: L.Trainer, batch_idx: int) -> bool:
+        """Whether a checkpoint taken after this batch resumes exactly."""
+        n = trainer.num_training_batches
+        last = n != float("inf") and batch_idx + 1 >= n
+        interval = trainer.val_check_batch
+        validation_due = (
+            trainer.enable_validation
+            and isinstance(interval, int)
+            and (batch_idx + 1) % interval == 0
+            and (trainer.current_epoch + 1) % (trainer.check_val_every_n_epoch or 1) == 0
+        )
+        return not last and not validation_due
+
+    def on_train_batch_end(
+        self,
+        trainer: L.Trainer,
+        pl_module: L.LightningModule,
+        outputs: Any,
+        batch: Any,
+        batch_idx: int,
+    ) -> None:
+        if self.every_n_steps and trainer.global_step % self.every_n_steps == 0:
+            self.due = True
+        # every rank must agree: a signal may reach only one of them
+        stop = trainer.strategy.reduce_boolean_decision(self.sigterm, all=False)
+        if (self.due or stop) and self.safe(trainer, batch_idx):
+            self.save(trainer)
+            self.due = False
+            if stop:
+                rank_zero_info(f"SIGTERM: saved {self.path}; resume with resume={self.path}")
+                raise SIGTERMException
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.save(trainer)
+
+    def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        # Lightning restores its own handlers at teardown too: only undo what is still ours
+        if (
+            self._previous_handler is not None
+            and signal.getsignal(signal.SIGTERM) == self._on_sigterm
+        ):
+            signal.signal(signal.SIGTERM, self._previous_handler)
+        self._previous_handler = None
+
+    def save(self, trainer: L.Trainer) -> None:
+        """Write through a temporary name on rank 0 (every rank must call it)."""
+        tmp = self.path.with_name(f".{self.path.name}.tmp")
+        trainer.save_checkpoint(str(tmp))  # collective: ends with a barrier
+        if trainer.is_global_zero:
+            tmp.replace(self.path)
+        trainer.strategy.barrier("ResumeCheckpoint.save")

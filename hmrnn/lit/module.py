@@ -8,6 +8,7 @@ the start of each pass. Metrics are sums reduced over ranks (exact under DDP wit
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Any
 
 import lightning as L
@@ -64,7 +65,8 @@ class LitCharLM(L.LightningModule):
             {f"{s}_": BoundaryStats(self.num_layers) for s in SPLIT_NAMES}
         )
         self.carried: dict[str, HMLSTMState | None] = dict.fromkeys(SPLIT_NAMES)
-        self.keep_train_state = False  # set when a checkpoint restores a mid-epoch state
+        self.plateau: torch.optim.lr_scheduler.ReduceLROnPlateau | None = None
+        self._plateau_state: dict[str, Any] | None = None  # restored before the scheduler exists
 
     def bpc(self, split: str) -> BitsPerChar:
         return self.bpc_metrics[f"{split}_"]  # type: ignore[return-value]
@@ -118,8 +120,7 @@ class LitCharLM(L.LightningModule):
         return loss
 
     def validation_step(self, batch: Tensor, batch_idx: int) -> None:
-        loss = self._step("val", batch)
-        self.log("val/loss", loss, batch_size=batch[1:].numel(), sync_dist=True)
+        self._step("val", batch)
 
     def test_step(self, batch: Tensor, batch_idx: int) -> None:
         self._step("test", batch)
@@ -130,10 +131,8 @@ class LitCharLM(L.LightningModule):
         return {f"{split}/{k}": v for k, v in stats.items()}
 
     # ------------------------------------------------------------------------ epoch edges
-    def on_train_epoch_start(self) -> None:
-        if not self.keep_train_state:
-            self.carried["train"] = None
-        self.keep_train_state = False
+    def on_train_epoch_start(self) -> None:  # not called when a run resumes mid-epoch
+        self.carried["train"] = None
         self.bpc("train").reset()
         self.stats("train").reset()
 
@@ -141,8 +140,13 @@ class LitCharLM(L.LightningModule):
         self.carried["val"] = None
 
     def on_validation_epoch_end(self) -> None:
-        self.log("val/bpc", self.bpc("val").compute(), prog_bar=True)
+        bpc = self.bpc("val").compute()
         self.bpc("val").reset()
+        self.log("val/bpc", bpc, prog_bar=True)
+        self.log("val/loss", bpc * math.log(2))  # nats per symbol
+        if self.plateau is not None and self.trainer.state.fn == "fit":
+            # one plateau step per validation, whatever the validation cadence
+            self.plateau.step(float(bpc))
         if self.is_hierarchical:
             self.log_dict(self._stats("val"))
 
@@ -156,31 +160,37 @@ class LitCharLM(L.LightningModule):
             self.log_dict(self._stats("test"))
 
     # ----------------------------------------------------------------------- optimisation
-    def configure_optimizers(self) -> dict[str, Any]:
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        """Adam; the plateau schedule is stepped here after each validation, not by Lightning.
+
+        Lightning steps a plateau scheduler by batch or epoch counts, which drift from the
+        validation cadence and break a mid-epoch resume; one step per validation does not.
+        """
         o = self.config.optim
         optimizer = torch.optim.Adam(self.parameters(), lr=o.lr, weight_decay=o.weight_decay)
-        scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
+        self.plateau = torch.optim.lr_scheduler.ReduceLROnPlateau(
             optimizer,
             mode="min",
             factor=o.plateau_factor,
             patience=o.plateau_patience,
             min_lr=o.min_lr,
         )
-        return {
-            "optimizer": optimizer,
-            "lr_scheduler": {"scheduler": scheduler, "monitor": "val/loss", "interval": "epoch"},
-        }
+        if self._plateau_state is not None:
+            self.plateau.load_state_dict(self._plateau_state)
+        return optimizer
 
     # ------------------------------------------------------------------------ checkpoints
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         state = self.carried["train"]  # plain tensors: checkpoints load with weights_only=True
         checkpoint["carried_train_state"] = None if state is None else dict(state._asdict())
+        if self.plateau is not None:
+            checkpoint["plateau"] = self.plateau.state_dict()
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         state = checkpoint.get("carried_train_state")
         if state is not None:
             self.carried["train"] = HMLSTMState(**state)
-            self.keep_train_state = True
+        self._plateau_state = checkpoint.get("plateau")
 
     def config_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self.config)

@@ -1,0 +1,201 @@
+"""The training command end to end, through the real entry point (subprocesses).
+
+A tiny HM-LSTM on a small synthetic corpus: composition, training, validation, test,
+checkpoints, results.json, CSV and offline W&B files; reloading; SIGKILL / SIGTERM and resume;
+DDP on two CPU processes.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from datamodules import build_datamodule
+from hmrnn.evaluate import run_split
+from hmrnn.lit.module import LitCharLM
+
+TINY = [
+    "experiment=demo",
+    "model.hidden_size=32",
+    "model.output_size=32",
+    "model.embedding_dim=16",
+    "data.train_chars=40000",
+    "data.valid_chars=8000",
+    "data.test_chars=8000",
+    "data.batch_size=8",
+    "data.bptt=25",
+    "trainer.val_check_interval=30",
+    "trainer.enable_progress_bar=false",
+    "trainer.log_every_n_steps=5",
+    "trainer.accelerator=cpu",
+]
+
+
+def train(tmp: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+    """Run the training command; a resume takes the run's own settings (no TINY on top)."""
+    env = {k: v for k, v in os.environ.items() if k != "WANDB_MODE"}  # logger.mode decides
+    resuming = any(a.startswith("resume=") for a in args)
+    base = [] if resuming else [*TINY, f"out_dir={tmp}"]
+    cmd = [sys.executable, "-m", "hmrnn.train", *base, *args]
+    result = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
+    if check and result.returncode != 0:
+        raise AssertionError(f"{cmd} failed:\n{result.stdout[-3000:]}\n{result.stderr[-5000:]}")
+    return result
+
+
+def state_dict(path: Path) -> dict[str, torch.Tensor]:
+    return torch.load(path, map_location="cpu", weights_only=True)["state_dict"]
+
+
+def assert_same_parameters(a: Path, b: Path) -> None:
+    sa, sb = state_dict(a), state_dict(b)
+    assert sa.keys() == sb.keys()
+    for key in sa:
+        assert torch.equal(sa[key], sb[key]), f"{key} differs"
+
+
+# ----------------------------------------------------------------------------- end to end
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    tmp = tmp_path_factory.mktemp("runs")
+    train(tmp, "run_name=e2e", "trainer.max_steps=60", "logger.mode=offline")
+    return tmp / "e2e"
+
+
+def test_run_writes_config_checkpoints_logs_and_results(finished_run: Path) -> None:
+    run = finished_run
+    assert "hidden_size: 32" in (run / "config.yaml").read_text()
+    assert (run / "checkpoints" / "best.ckpt").is_file()
+    assert (run / "checkpoints" / "last.ckpt").is_file()
+    assert not list(run.glob("checkpoints/.*.tmp")), "no temporary file may be left behind"
+    csv = (run / "csv" / "metrics.csv").read_text().splitlines()
+    header = csv[0].split(",")
+    assert "val/bpc" in header and "train/bpc" in header and "train/z_rate_l1" in header
+    assert len(csv) > 5
+    offline = list((run / "wandb").glob("offline-run-*/run-*.wandb"))
+    assert len(offline) == 1 and offline[0].stat().st_size > 0
+
+    results = json.loads((run / "results.json").read_text())
+    metrics = results["metrics"]
+    assert 1.0 < metrics["test/bpc"] < 4.6  # between the entropy rate and uniform over 28
+    assert results["best_val_bpc"] == pytest.approx(min_val_bpc(csv), abs=1e-6)
+    assert results["parameters"] > 10_000 and results["global_step"] == 60
+    assert results["config"]["model"]["hidden_size"] == 32
+    assert results["reference_rates"]["entropy_rate"] == pytest.approx(1.1137, abs=1e-4)
+    assert set(results["boundaries"]) >= {"l1/word/tol0", "l2/phrase/tol1"}
+    assert results["git_commit"] and results["hardware"]["torch"] == torch.__version__
+
+
+def min_val_bpc(csv: list[str]) -> float:
+    header = csv[0].split(",")
+    col = header.index("val/bpc")
+    values = [float(row.split(",")[col]) for row in csv[1:] if row.split(",")[col]]
+    return min(values)
+
+
+def test_load_from_checkpoint_reproduces_the_test_bpc(finished_run: Path) -> None:
+    results = json.loads((finished_run / "results.json").read_text())
+    module = LitCharLM.load_from_checkpoint(finished_run / "checkpoints" / "best.ckpt")
+    dm = build_datamodule(module.config.data)
+    bpc, bounds, seen = run_split(module.model, dm, "test")
+    assert bpc == pytest.approx(results["metrics"]["test/bpc"], abs=1e-5)
+    assert seen.sum() > 7000 and bounds.shape[1] == 3
+    assert module.hparams.vocab == list(dm.vocab.symbols)
+
+
+def test_bad_configuration_fails_before_any_work(tmp_path: Path) -> None:
+    result = train(tmp_path, "model.hiden_size=4", check=False)
+    assert result.returncode == 2
+    assert "unknown key 'model.hiden_size'" in result.stderr
+    assert "did you mean 'model.hidden_size'" in result.stderr
+    assert not any(tmp_path.iterdir()), "nothing may be written"
+
+
+# -------------------------------------------------------------------------- kill / resume
+RESUME = [
+    "trainer.max_steps=150",
+    "trainer.checkpoint_every_n_steps=7",
+    "model.boundary=bernoulli",
+    "logger.mode=disabled",
+    "data.train_chars=60000",
+]
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    tmp = tmp_path_factory.mktemp("runs")
+    train(tmp, "run_name=whole", *RESUME)
+    return tmp / "whole" / "checkpoints" / "last.ckpt"
+
+
+def start_and_wait_for_checkpoint(tmp: Path) -> tuple[subprocess.Popen, Path]:
+    cmd = [sys.executable, "-m", "hmrnn.train", *TINY, f"out_dir={tmp}", "run_name=cut", *RESUME]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    last = tmp / "cut" / "checkpoints" / "last.ckpt"
+    deadline = time.time() + 300
+    while not last.exists():
+        assert proc.poll() is None, f"the run ended before its first checkpoint: {proc.stderr}"
+        assert time.time() < deadline
+        time.sleep(0.02)
+    return proc, last
+
+
+def step_of(path: Path) -> int:
+    return torch.load(path, map_location="cpu", weights_only=True)["global_step"]
+
+
+@pytest.mark.slow
+def test_sigkill_then_resume_ends_bit_identical(tmp_path: Path, uninterrupted: Path) -> None:
+    proc, last = start_and_wait_for_checkpoint(tmp_path)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    killed_at = step_of(last)
+    assert 0 < killed_at < 150 and killed_at % 7 == 0, "killed mid-run, after a periodic save"
+    train(tmp_path, f"resume={tmp_path / 'cut'}")
+    assert step_of(last) == 150
+    assert_same_parameters(last, uninterrupted)
+
+
+@pytest.mark.slow
+def test_sigterm_saves_a_checkpoint_exits_and_resumes_bit_identical(
+    tmp_path: Path, uninterrupted: Path
+) -> None:
+    proc, last = start_and_wait_for_checkpoint(tmp_path)
+    first = step_of(last)
+    time.sleep(0.5)
+    proc.send_signal(signal.SIGTERM)
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 143, stderr[-2000:]
+    assert "resume=" in stderr
+    stopped_at = step_of(last)
+    assert first <= stopped_at < 150
+    train(tmp_path, f"resume={tmp_path / 'cut'}")
+    assert_same_parameters(last, uninterrupted)
+
+
+# ----------------------------------------------------------------------------------- DDP
+@pytest.mark.slow
+def test_two_ddp_processes_reach_the_validation_bpc_of_one(tmp_path: Path) -> None:
+    common = [
+        "trainer.max_steps=12",
+        "logger.mode=disabled",
+        "test=false",
+        "trainer.val_check_interval=12",
+    ]
+    train(tmp_path, "run_name=one", *common)
+    train(tmp_path, "run_name=two", *common, "trainer.devices=2", "trainer.strategy=ddp")
+    one_run = json.loads((tmp_path / "one" / "results.json").read_text())
+    two_run = json.loads((tmp_path / "two" / "results.json").read_text())
+    assert (one_run["world_size"], two_run["world_size"]) == (1, 2)
+    one, two = one_run["metrics"], two_run["metrics"]
+    print(f"val/bpc: 1 process {one['val/bpc']:.7f}, 2 processes {two['val/bpc']:.7f}")
+    assert one["val/bpc"] == pytest.approx(two["val/bpc"], abs=1e-5)
+    assert one["val/bpc"] != pytest.approx(4.807, abs=0.05)  # it trained: not uniform over 28
