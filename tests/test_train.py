@@ -185,10 +185,10 @@ def test_sigterm_saves_a_checkpoint_exits_and_resumes_bit_identical(
 @pytest.mark.slow
 def test_two_ddp_processes_reach_the_validation_bpc_of_one(tmp_path: Path) -> None:
     common = [
-        "trainer.max_steps=12",
+        "trainer.max_steps=30",
         "logger.mode=disabled",
         "test=false",
-        "trainer.val_check_interval=12",
+        "trainer.val_check_interval=30",
     ]
     train(tmp_path, "run_name=one", *common)
     train(tmp_path, "run_name=two", *common, "trainer.devices=2", "trainer.strategy=ddp")

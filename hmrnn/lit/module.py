@@ -110,7 +110,7 @@ class LitCharLM(L.LightningModule):
     def training_step(self, batch: Tensor, batch_idx: int) -> Tensor:
         loss = self._step("train", batch)
         B, T = batch.shape[1], batch.shape[0] - 1
-        self.log("train/loss", loss, prog_bar=False, batch_size=B * T)
+        self.log("train/loss", loss, prog_bar=True, batch_size=B * T)
         if self.trainer.log_every_n_steps and batch_idx % self.trainer.log_every_n_steps == 0:
             self.log("train/bpc", self.bpc("train").compute(), prog_bar=True, rank_zero_only=True)
             self.bpc("train").reset()
