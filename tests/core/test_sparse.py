@@ -1,0 +1,74 @@
+"""Without autograd the HM-LSTM skips COPY rows and gated-off inputs: equal to the dense path."""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+import torch
+
+from hmrnn.core import HMLSTM, HMLSTMState
+
+T, B, H_IN, H = 30, 40, 6, 8
+
+
+def nested_boundaries(rates: tuple[float, ...], K: int, seed: int = 0) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    z = torch.zeros(T, B, K, dtype=torch.float64)
+    alive = torch.ones(T, B, dtype=torch.float64)
+    for l in range(K - 1):
+        alive = alive * (torch.rand(T, B, generator=g) < rates[l]).double()
+        z[:, :, l] = alive
+    return z
+
+
+@pytest.mark.parametrize(
+    ("boundary", "top_layer_boundary", "num_layers"),
+    list(itertools.product(["step", "bernoulli", "soft"], [False, True], [1, 2, 3])),
+)
+def test_skipping_equals_dense(boundary: str, top_layer_boundary: bool, num_layers: int) -> None:
+    torch.manual_seed(0)
+    rnn = (
+        HMLSTM(H_IN, H, num_layers, boundary=boundary, top_layer_boundary=top_layer_boundary)
+        .double()
+        .eval()
+    )
+    with torch.no_grad():
+        for l in range(num_layers):
+            if rnn.has_detector(l):
+                rnn.param("bias", l)[4 * H] = -1.0  # detectors fire rarely: many COPY rows
+    x = torch.randn(T, B, H_IN).double()
+    K = num_layers
+    state = HMLSTMState(
+        torch.randn(K, B, H).double(),
+        torch.randn(K, B, H).double(),
+        torch.randint(0, 2, (K, B)).double(),
+    )
+    for imposed in (None, nested_boundaries((0.3, 0.1), K)):
+        with torch.no_grad():
+            rnn.skip_copy = False
+            dense = rnn(x, state, imposed)
+            rnn.skip_copy = True
+            sparse = rnn(x, state, imposed)
+        torch.testing.assert_close(sparse[0], dense[0], rtol=1e-12, atol=1e-12)
+        torch.testing.assert_close(sparse[2], dense[2], rtol=1e-12, atol=1e-12)
+        for a, b in zip(sparse[1], dense[1], strict=True):
+            torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+    if num_layers > 1:
+        copy_share = 1 - (dense[2][:, :, 0]).mean()
+        assert copy_share > 0.5, "the test must exercise the skipping path"
+
+
+def test_bernoulli_training_without_autograd_draws_like_the_dense_path() -> None:
+    torch.manual_seed(0)
+    rnn = HMLSTM(H_IN, H, 3, boundary="bernoulli").double().train()
+    x = torch.randn(T, B, H_IN).double()
+    with torch.no_grad():
+        torch.manual_seed(5)
+        rnn.skip_copy = False
+        dense = rnn(x)
+        torch.manual_seed(5)
+        rnn.skip_copy = True
+        sparse = rnn(x)
+    assert torch.equal(sparse[2], dense[2])
+    torch.testing.assert_close(sparse[0], dense[0], rtol=0, atol=0)
