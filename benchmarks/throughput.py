@@ -5,7 +5,7 @@
     python benchmarks/throughput.py --device cuda --markdown docs/performance.md
 
 Every model runs in one process, interleaved (so drifts in machine load hit all of them), after
-a warm-up; each time is the best of two rounds of the median of ``--repeats`` steps. A training
+a warm-up; each time is the fastest of ``--repeats`` steps over two rounds. A training
 step is forward + backward through the recurrent stack with a sum loss; an evaluation step is a
 forward pass under ``torch.no_grad``. ``--rates`` imposes the boundaries: each layer l < K fires
 on a fraction ``rates[l+1]`` of the steps (nested, so a layer fires only where the one below
@@ -17,7 +17,6 @@ on CUDA also the peak allocated memory of the step.
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
 import time
 from collections.abc import Callable
@@ -48,7 +47,10 @@ def synchronize(device: torch.device) -> None:
 
 
 def timed(step: Callable[[], None], repeats: int, warmup: int, device: torch.device) -> float:
-    """Median seconds of ``step()`` over ``repeats`` runs after ``warmup`` runs."""
+    """Fastest of ``repeats`` runs of ``step()`` after ``warmup`` runs (seconds).
+
+    The minimum, not the median: on a shared machine the noise only ever adds time.
+    """
     for _ in range(warmup):
         step()
     synchronize(device)
@@ -58,7 +60,7 @@ def timed(step: Callable[[], None], repeats: int, warmup: int, device: torch.dev
         step()
         synchronize(device)
         times.append(time.perf_counter() - start)
-    return statistics.median(times)
+    return min(times)
 
 
 def saved_bytes(run: Callable[[], torch.Tensor]) -> int:
