@@ -96,9 +96,19 @@ def load_config(argv: list[str]) -> tuple[Config, DictConfig, Path | None]:
 
 
 def run_folder(config: Config) -> Path:
+    """``out_dir/run_name``; an empty run_name becomes ``<experiment>-<model>-<date>-<time>``.
+
+    Every DDP rank must agree on it: the name chosen is exported as ``HMRNN_RUN_NAME``, which the
+    processes Lightning launches inherit; under SLURM the job id replaces the time.
+    """
     if not config.run_name:
-        stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
-        config.run_name = f"{config.experiment or 'run'}-{config.model.name}-{stamp}"
+        stamp = os.environ.get("HMRNN_RUN_NAME")
+        if not stamp:
+            job = os.environ.get("SLURM_JOB_ID")
+            when = f"slurm{job}" if job else datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+            stamp = f"{config.experiment or 'run'}-{config.model.name}-{when}"
+        config.run_name = stamp
+    os.environ["HMRNN_RUN_NAME"] = config.run_name
     return Path(config.out_dir) / config.run_name
 
 
@@ -199,16 +209,20 @@ def build_trainer(config: Config, run_dir: Path) -> tuple[L.Trainer, dict[str, A
 
 
 # ------------------------------------------------------------------------------------ run
+def scalar_metrics(trainer: L.Trainer) -> dict[str, float]:
+    return {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
+
+
 def summarise(
     config: Config,
     module: LitCharLM,
     dm: CharStreamDataModule,
     trainer: L.Trainer,
     parts: dict[str, Any],
+    metrics: dict[str, float],
     started: float,
 ) -> dict[str, Any]:
     """results.json's content: metrics, reference rates, boundaries, config, provenance."""
-    metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
     best = parts["checkpoint"].best_model_score
     results: dict[str, Any] = {
         "run_name": config.run_name,
@@ -284,16 +298,18 @@ def main(argv: list[str] | None = None) -> dict[str, Any] | None:
                 flush=True,
             )
         sys.exit(PREEMPTED_EXIT_CODE)
+    metrics = scalar_metrics(trainer)  # the last logged values of training and validation
     if config.test:
         best = parts["checkpoint"].best_model_path
         trainer.test(
             module, datamodule=dm, ckpt_path=best or None, verbose=False, weights_only=True
         )
+        metrics |= scalar_metrics(trainer)
         if best:  # the returned summary evaluates the model that was tested
             module = LitCharLM.load_from_checkpoint(best, map_location="cpu")
     if not trainer.is_global_zero:
         return None
-    results = summarise(config, module, dm, trainer, parts, started)
+    results = summarise(config, module, dm, trainer, parts, metrics, started)
     write_atomic(run_dir / "results.json", json.dumps(results, indent=2, default=str))
     print_summary(results)
     return results

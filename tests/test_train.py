@@ -184,18 +184,17 @@ def test_sigterm_saves_a_checkpoint_exits_and_resumes_bit_identical(
 # ----------------------------------------------------------------------------------- DDP
 @pytest.mark.slow
 def test_two_ddp_processes_reach_the_validation_bpc_of_one(tmp_path: Path) -> None:
-    common = [
-        "trainer.max_steps=30",
-        "logger.mode=disabled",
-        "test=false",
-        "trainer.val_check_interval=30",
-    ]
-    train(tmp_path, "run_name=one", *common)
-    train(tmp_path, "run_name=two", *common, "trainer.devices=2", "trainer.strategy=ddp")
-    one_run = json.loads((tmp_path / "one" / "results.json").read_text())
-    two_run = json.loads((tmp_path / "two" / "results.json").read_text())
+    common = ["trainer.max_steps=30", "logger.mode=disabled", "trainer.val_check_interval=30"]
+    train(tmp_path / "one", *common)
+    # no run_name: every rank must still pick the same folder
+    train(tmp_path / "two", *common, "trainer.devices=2", "trainer.strategy=ddp")
+    (one_dir,) = (tmp_path / "one").iterdir()
+    (two_dir,) = (tmp_path / "two").iterdir()
+    one_run = json.loads((one_dir / "results.json").read_text())
+    two_run = json.loads((two_dir / "results.json").read_text())
     assert (one_run["world_size"], two_run["world_size"]) == (1, 2)
     one, two = one_run["metrics"], two_run["metrics"]
     print(f"val/bpc: 1 process {one['val/bpc']:.7f}, 2 processes {two['val/bpc']:.7f}")
     assert one["val/bpc"] == pytest.approx(two["val/bpc"], abs=1e-5)
+    assert one["test/bpc"] == pytest.approx(two["test/bpc"], abs=1e-5)
     assert one["val/bpc"] != pytest.approx(4.807, abs=0.05)  # it trained: not uniform over 28

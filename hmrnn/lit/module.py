@@ -20,7 +20,7 @@ from hmrnn.config import Config, from_dict
 from hmrnn.core import CharLM, HMLSTMState, count_parameters
 from hmrnn.lit.metrics import BitsPerChar, BoundaryStats
 
-SPLIT_NAMES = {"train": "train", "val": "valid", "test": "test"}
+SPLIT_NAMES = ("train", "val", "test")  # each carries its own recurrent state and metrics
 
 
 def build_model(config: Config, vocab_size: int) -> CharLM:
@@ -87,6 +87,8 @@ class LitCharLM(L.LightningModule):
         state = self.carried[split]
         if state is not None and state.h.size(1) != tokens.size(1):
             state = None  # a different batch size (e.g. a sanity check): start afresh
+        elif state is not None and state.h.device != tokens.device:  # restored from a checkpoint
+            state = HMLSTMState(*(x.to(tokens.device) for x in state))
         out = self.model(tokens, targets, state)
         z0 = None if state is None else state.z
         self.carried[split] = tree_map(lambda x: x.detach(), out.state)
