@@ -154,6 +154,7 @@ def fetch(
     HTTP basic authentication (never stored).
     """
     dest = Path(dest)
+    sha256 = sha256.lower() if sha256 else None
     if dest.exists():
         if sha256 is None or sha256_of(dest) == sha256:
             return dest
@@ -188,7 +189,7 @@ def fetch(
         )
     if sha256 is not None:
         actual = sha256_of(part)
-        if actual != sha256.lower():
+        if actual != sha256:
             part.unlink()
             raise DataError(
                 f"{dest.name} downloaded from {url} has sha256 {actual} but {sha256} was "

@@ -126,7 +126,7 @@ class HMLSTM(nn.Module):
         self.top_layer_boundary = top_layer_boundary
         self.grad_through_ops = grad_through_ops
         self.batch_first = batch_first
-        self.skip_copy = True  # without autograd, compute only the rows that do not COPY
+        self.skip_copy = True  # on CPU without autograd, compute only the rows that do not COPY
         self.register_buffer("slope", torch.tensor(1.0))
 
         H = hidden_size
@@ -348,6 +348,7 @@ class HMLSTM(nn.Module):
         # rounding); a Bernoulli detector in training must draw for every row, as the dense path
         sparse = (
             self.skip_copy
+            and h_prev.device.type == "cpu"  # on a GPU the row counts would sync every step
             and not self.layer_norm
             and not torch.is_grad_enabled()
             and not (self.training and self.boundary == "bernoulli")
