@@ -162,6 +162,9 @@ def fetch(
         dest.unlink()
     dest.parent.mkdir(parents=True, exist_ok=True)
     part = part_path(dest)
+    if sha256 is not None and part.exists() and sha256_of(part) == sha256:
+        os.replace(part, dest)  # complete and verified, only the rename was missing
+        return dest
     offset = part.stat().st_size if part.exists() else 0
     response, offset = _open(url, offset, auth, timeout, dest)
     with response:

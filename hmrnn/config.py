@@ -12,7 +12,7 @@ from dataclasses import dataclass, field, fields, is_dataclass
 from typing import Any
 
 MODEL_NAMES = ("hmlstm", "lstm")
-DATA_NAMES = ("synthetic",)
+DATA_NAMES = ("synthetic", "ptb", "text8", "enwik8")
 BOUNDARIES = ("step", "bernoulli", "soft")
 LOGGER_MODES = ("online", "offline", "disabled")
 ACCELERATORS = ("auto", "cpu", "gpu", "cuda", "mps")
@@ -48,9 +48,11 @@ class DataConfig:
     """The data set and its batching: a contiguous stream cut into B rows, BPTT steps a batch."""
 
     name: str = "synthetic"
-    """Data set: ``synthetic`` (embedded, generated)."""
+    """Data set: ``synthetic`` (embedded, generated), ``ptb``, ``text8`` or ``enwik8``."""
     root: str = "data"
     """Folder for downloads and caches (relative to the working directory)."""
+    local_dir: str = ""
+    """Take the data set's files from this folder or file instead of downloading them."""
     batch_size: int = 64
     """Global batch size B (split evenly over the DDP ranks)."""
     bptt: int = 100

@@ -35,6 +35,7 @@ from datamodules.stream import CharStreamDataModule
 from hmrnn.compose import compose, config_error, split_arguments
 from hmrnn.config import Config, ConfigError, validate
 from hmrnn.evaluate import boundary_report, run_split
+from hmrnn.io import atomic_write
 from hmrnn.lit.callbacks import ResumeCheckpoint, RNGState, SlopeAnnealing, Throughput
 from hmrnn.lit.module import LitCharLM
 
@@ -110,14 +111,6 @@ def run_folder(config: Config) -> Path:
         config.run_name = stamp
     os.environ["HMRNN_RUN_NAME"] = config.run_name
     return Path(config.out_dir) / config.run_name
-
-
-def write_atomic(path: Path, text: str) -> None:
-    """Write through a temporary name and a rename, so a reader never sees half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    tmp.replace(path)
 
 
 def git_commit() -> str:
@@ -286,8 +279,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any] | None:
     if trainer.is_global_zero:
         resolved = OmegaConf.to_yaml(OmegaConf.structured(config))
         print(f"run folder: {run_dir}\n{resolved}", flush=True)
-        write_atomic(run_dir / "config.yaml", resolved)
-        write_atomic(run_dir / "vocab.json", dm.vocab.to_json())
+        atomic_write(run_dir / "config.yaml", resolved)
+        atomic_write(run_dir / "vocab.json", dm.vocab.to_json())
     try:
         trainer.fit(module, datamodule=dm, ckpt_path=str(ckpt) if ckpt else None, weights_only=True)
     except SIGTERMException:
@@ -310,7 +303,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any] | None:
     if not trainer.is_global_zero:
         return None
     results = summarise(config, module, dm, trainer, parts, metrics, started)
-    write_atomic(run_dir / "results.json", json.dumps(results, indent=2, default=str))
+    atomic_write(run_dir / "results.json", json.dumps(results, indent=2, default=str))
     print_summary(results)
     return results
 
