@@ -59,3 +59,20 @@ def test_bad_settings_fail_with_one_clear_sentence(argv: list[str], message: str
 def test_every_schema_key_is_listed() -> None:
     keys = dotted_keys()
     assert "model.hidden_size" in keys and "trainer.devices" in keys and "seed" in keys
+
+
+@pytest.mark.parametrize("name", ["ptb", "text8", "enwik8"])
+def test_paper_experiments_match_spec_section_6(name: str) -> None:
+    config, _ = compose([f"experiment={name}"])
+    big = name != "ptb"
+    assert config.data.name == name and config.model.name == "hmlstm"
+    assert (config.model.hidden_size, config.model.output_size) == (
+        (1024, 2048) if big else (512, 512)
+    )
+    assert config.data.batch_size == (128 if big else 64) and config.data.bptt == 100
+    assert config.optim.lr == (1e-3 if big else 2e-3) and config.optim.grad_clip == 1.0
+    assert config.optim.plateau_factor == 0.02 and config.model.layer_norm
+    assert config.model.boundary == "step" and config.model.embedding_dim == 128
+    assert (config.slope.rate, config.slope.max_slope) == ((0.0, 1.0) if big else (0.04, 5.0))
+    small, _ = compose([f"experiment={name}_small"])
+    assert small.data.name == name and small.model.hidden_size < config.model.hidden_size
