@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from datamodules.stream import CharStreamDataModule, DataError, StreamSegments, Vocabulary
 from hmrnn.config import DataConfig
 
 
-def build_datamodule(config: DataConfig) -> CharStreamDataModule:
-    """The DataModule that ``data.name`` names."""
+def build_datamodule(config: DataConfig) -> Any:
+    """The DataModule that ``data.name`` names (a CharStreamDataModule or IAMOnDBDataModule)."""
+    from datamodules.iam import IAMOnDBDataModule
     from datamodules.synthetic import SyntheticDataModule
     from datamodules.text import Enwik8DataModule, PTBCharDataModule, Text8DataModule
 
-    registry: dict[str, type[CharStreamDataModule]] = {
+    registry: dict[str, Any] = {
+        "iam_ondb": IAMOnDBDataModule,
         "synthetic": SyntheticDataModule,
         "ptb": PTBCharDataModule,
         "text8": Text8DataModule,

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field, fields, is_dataclass
 from typing import Any
 
 MODEL_NAMES = ("hmlstm", "lstm")
-DATA_NAMES = ("synthetic", "ptb", "text8", "enwik8")
+DATA_NAMES = ("synthetic", "ptb", "text8", "enwik8", "iam_ondb")
 BOUNDARIES = ("step", "bernoulli", "soft")
 LOGGER_MODES = ("online", "offline", "disabled")
 ACCELERATORS = ("auto", "cpu", "gpu", "cuda", "mps")
@@ -48,7 +48,7 @@ class DataConfig:
     """The data set and its batching: a contiguous stream cut into B rows, BPTT steps a batch."""
 
     name: str = "synthetic"
-    """Data set: ``synthetic`` (embedded, generated), ``ptb``, ``text8`` or ``enwik8``."""
+    """Data set: ``synthetic`` (embedded), ``ptb``, ``text8``, ``enwik8`` or ``iam_ondb``."""
     root: str = "data"
     """Folder for downloads and caches (relative to the working directory)."""
     local_dir: str = ""
@@ -67,6 +67,15 @@ class DataConfig:
     """Synthetic data: characters in the test split."""
     source_seed: int = 0
     """Synthetic data: seed of the source's lexicon (words, markers)."""
+    iam_split: str = "random"
+    """IAM-OnDB: ``random`` (the paper's 90/5/5 of all lines with enough points) or ``official``
+    (IAM-OnDB-t1 forms: train = trainset + testset_t + testset_f, valid = test = testset_v)."""
+    iam_seed: int = 2017
+    """IAM-OnDB: seed of the random split."""
+    iam_min_points: int = 300
+    """IAM-OnDB: lines with fewer points are dropped (SPEC section 6)."""
+    iam_splits_dir: str = ""
+    """IAM-OnDB: folder of the official form lists; empty: look beside the data."""
 
 
 @dataclass
@@ -183,6 +192,7 @@ class ConfigError(ValueError):
 
 
 CHOICES: dict[str, tuple[str, ...]] = {
+    "data.iam_split": ("random", "official"),
     "model.name": MODEL_NAMES,
     "model.boundary": BOUNDARIES,
     "data.name": DATA_NAMES,

@@ -36,7 +36,9 @@ from hmrnn.compose import compose, config_error, split_arguments
 from hmrnn.config import Config, ConfigError, validate
 from hmrnn.evaluate import boundary_report, run_split
 from hmrnn.io import atomic_write
+from hmrnn.lit.base import LitBase
 from hmrnn.lit.callbacks import ResumeCheckpoint, RNGState, SlopeAnnealing, Throughput
+from hmrnn.lit.handwriting import LitHandwriting
 from hmrnn.lit.module import LitCharLM
 
 PREEMPTED_EXIT_CODE = 143  # 128 + SIGTERM, as a shell reports a process ended by SIGTERM
@@ -157,11 +159,12 @@ def build_trainer(config: Config, run_dir: Path) -> tuple[L.Trainer, dict[str, A
                 resume="allow",
             )
         )
+    handwriting = lit_class(config) is LitHandwriting
     checkpoint = ModelCheckpoint(  # the best model, for testing; resuming uses last.ckpt
         dirpath=str(run_dir / "checkpoints"),
         filename="best",
-        monitor="val/bpc",
-        mode="min",
+        monitor="val/ll" if handwriting else "val/bpc",
+        mode="max" if handwriting else "min",
         save_top_k=1,
         save_last=False,
         enable_version_counter=False,
@@ -202,6 +205,11 @@ def build_trainer(config: Config, run_dir: Path) -> tuple[L.Trainer, dict[str, A
 
 
 # ------------------------------------------------------------------------------------ run
+def lit_class(config: Config) -> type[LitCharLM] | type[LitHandwriting]:
+    """The LightningModule of a data set: handwriting for IAM-OnDB, the character LM else."""
+    return LitHandwriting if config.data.name == "iam_ondb" else LitCharLM
+
+
 def scalar_metrics(trainer: L.Trainer) -> dict[str, float]:
     return {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
 
@@ -234,7 +242,7 @@ def summarise(
     }
     if hasattr(dm, "reference_rates"):
         results["reference_rates"] = dm.reference_rates()
-    truth = dm.boundaries("test")
+    truth = dm.boundaries("test") if hasattr(dm, "boundaries") else {}
     if truth and config.test and config.model.name == "hmlstm":
         bpc, bounds, seen = run_split(module.model, dm, "test")
         results["test_bpc_one_process"] = bpc
@@ -250,7 +258,7 @@ def print_summary(results: dict[str, Any]) -> None:
         f"run {results['run_name']}: {results['parameters']:,} parameters, "
         f"{results['train_chars_per_sec']:,.0f} chars/s, {results['wall_seconds']:.0f} s",
     ]
-    for key in ("test/bpc", "val/bpc"):
+    for key in ("test/bpc", "val/bpc", "test/ll", "val/ll"):
         if key in m:
             lines.append(f"  {key:<28} {m[key]:.4f}")
     for name, value in results.get("reference_rates", {}).items():
@@ -272,15 +280,20 @@ def main(argv: list[str] | None = None) -> dict[str, Any] | None:
     L.seed_everything(config.seed, workers=True, verbose=False)
     dm = build_datamodule(config.data)
     dm.setup()
-    assert dm.vocab is not None
     # on resume, fit(ckpt_path=...) restores weights, optimiser, loops, loader position, RNG
-    module = LitCharLM(dataclasses.asdict(config), len(dm.vocab), list(dm.vocab.symbols))
+    lit = lit_class(config)
+    if lit is LitHandwriting:
+        mean, std = [float(v) for v in dm.mean], [float(v) for v in dm.std]
+        module: LitBase = LitHandwriting(dataclasses.asdict(config), mean, std)
+    else:
+        module = LitCharLM(dataclasses.asdict(config), len(dm.vocab), list(dm.vocab.symbols))
     trainer, parts = build_trainer(config, run_dir)
     if trainer.is_global_zero:
         resolved = OmegaConf.to_yaml(OmegaConf.structured(config))
         print(f"run folder: {run_dir}\n{resolved}", flush=True)
         atomic_write(run_dir / "config.yaml", resolved)
-        atomic_write(run_dir / "vocab.json", dm.vocab.to_json())
+        if getattr(dm, "vocab", None) is not None:
+            atomic_write(run_dir / "vocab.json", dm.vocab.to_json())
     try:
         trainer.fit(module, datamodule=dm, ckpt_path=str(ckpt) if ckpt else None, weights_only=True)
     except SIGTERMException:
@@ -299,7 +312,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any] | None:
         )
         metrics |= scalar_metrics(trainer)
         if best:  # the returned summary evaluates the model that was tested
-            module = LitCharLM.load_from_checkpoint(best, map_location="cpu")
+            module = lit.load_from_checkpoint(best, map_location="cpu")
     if not trainer.is_global_zero:
         return None
     results = summarise(config, module, dm, trainer, parts, metrics, started)

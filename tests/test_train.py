@@ -20,6 +20,7 @@ import torch
 
 from datamodules import build_datamodule
 from hmrnn.evaluate import run_split
+from hmrnn.lit.handwriting import LitHandwriting
 from hmrnn.lit.module import LitCharLM
 
 TINY = [
@@ -198,3 +199,36 @@ def test_two_ddp_processes_reach_the_validation_bpc_of_one(tmp_path: Path) -> No
     assert one["val/bpc"] == pytest.approx(two["val/bpc"], abs=1e-5)
     assert one["test/bpc"] == pytest.approx(two["test/bpc"], abs=1e-5)
     assert one["val/bpc"] != pytest.approx(4.807, abs=0.05)  # it trained: not uniform over 28
+
+
+SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+@pytest.mark.skipif(not (SHARED / "iam-ondb").is_dir(), reason="../shared/data/iam-ondb is absent")
+def test_handwriting_run_end_to_end(tmp_path: Path) -> None:
+    args = [
+        "experiment=iam_ondb_small",
+        f"data.local_dir={SHARED / 'iam-ondb' / 'sample'}",
+        "data.iam_min_points=100",
+        f"data.root={tmp_path / 'data'}",
+        "trainer.max_steps=2",
+        "trainer.val_check_interval=1.0",
+        "trainer.limit_val_batches=1",
+        f"out_dir={tmp_path}",
+        "run_name=hw",
+        "logger.mode=disabled",
+        "trainer.enable_progress_bar=false",
+    ]
+    env = {k: v for k, v in os.environ.items() if k != "WANDB_MODE"}
+    result = subprocess.run(
+        [sys.executable, "-m", "hmrnn.train", *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    results = json.loads((tmp_path / "hw" / "results.json").read_text())
+    assert results["metrics"]["test/ll"] < 0 and "val/ll" in results["metrics"]
+    module = LitHandwriting.load_from_checkpoint(tmp_path / "hw" / "checkpoints" / "best.ckpt")
+    assert len(module.hparams.mean) == 2 and module.hparams.std[0] > 0

@@ -8,12 +8,15 @@ from torch import Tensor
 OPERATIONS = ("update", "copy", "flush")
 
 
-def operation_counts(boundaries: Tensor, z0: Tensor | None = None) -> Tensor:
+def operation_counts(
+    boundaries: Tensor, z0: Tensor | None = None, mask: Tensor | None = None
+) -> Tensor:
     """How often each layer UPDATEs, COPYs and FLUSHes (SPEC section 1's table).
 
     Args:
         boundaries: (T, B, K) the z_t^l a model used (binary; soft values count fractionally).
         z0: (K, B) the boundaries before the first step (the carried state's z); None = zeros.
+        mask: (T, B) True where a step is real (padded batches); None = every step.
 
     Returns:
         (K, 3) float64 counts of UPDATE, COPY, FLUSH per layer, summed over T and B. Layer 1 reads
@@ -29,7 +32,10 @@ def operation_counts(boundaries: Tensor, z0: Tensor | None = None) -> Tensor:
     flush = z_prev
     update = (1 - z_prev) * z_below
     copy = (1 - z_prev) * (1 - z_below)
-    return torch.stack([update.sum((0, 1)), copy.sum((0, 1)), flush.sum((0, 1))], dim=1)
+    ops = torch.stack([update, copy, flush], dim=-1)  # (T, B, K, 3)
+    if mask is not None:
+        ops = ops * mask[..., None, None].to(ops.dtype)
+    return ops.sum((0, 1))
 
 
 def boundary_scores(predicted: Tensor, true: Tensor, tolerance: int = 0) -> dict[str, float]:

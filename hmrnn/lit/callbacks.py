@@ -45,7 +45,8 @@ class SlopeAnnealing(L.Callback):
 
 
 class Throughput(L.Callback):
-    """Characters per second of training (all ranks), logged as ``train/chars_per_sec``."""
+    """Symbols (characters or pen points) per second of training (all ranks), logged as
+    ``train/chars_per_sec``."""
 
     def __init__(self) -> None:
         self.start = 0.0
@@ -53,7 +54,7 @@ class Throughput(L.Callback):
         self.seconds = 0.0
 
     def on_train_batch_start(
-        self, trainer: L.Trainer, pl_module: L.LightningModule, batch: torch.Tensor, batch_idx: int
+        self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int
     ) -> None:
         self.start = time.perf_counter()
 
@@ -62,11 +63,14 @@ class Throughput(L.Callback):
         trainer: L.Trainer,
         pl_module: L.LightningModule,
         outputs: Any,
-        batch: torch.Tensor,
+        batch: Any,
         batch_idx: int,
     ) -> None:
         seconds = time.perf_counter() - self.start
-        chars = (batch.shape[0] - 1) * batch.shape[1] * trainer.world_size
+        if isinstance(batch, torch.Tensor):  # a (T + 1, B) character segment
+            chars = (batch.shape[0] - 1) * batch.shape[1] * trainer.world_size
+        else:  # padded sequences: count the real target points
+            chars = int(batch[2].sum()) * trainer.world_size
         self.chars += chars
         self.seconds += seconds
         pl_module.log(

@@ -31,6 +31,26 @@ class BitsPerChar(Metric):
         return self.nll / self.count.clamp_min(1) / math.log(2)
 
 
+class SequenceLogLikelihood(Metric):
+    """Average log-likelihood per sequence (nats): summed over every sequence of every rank."""
+
+    full_state_update = False
+    higher_is_better = True
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.add_state("total", torch.tensor(0.0, dtype=torch.float64), dist_reduce_fx="sum")
+        self.add_state("count", torch.tensor(0.0, dtype=torch.float64), dist_reduce_fx="sum")
+
+    def update(self, sequence_ll: Tensor) -> None:
+        """sequence_ll (B,): log p of each whole sequence."""
+        self.total += sequence_ll.detach().to(torch.float64).sum()
+        self.count += sequence_ll.numel()
+
+    def compute(self) -> Tensor:
+        return self.total / self.count.clamp_min(1)
+
+
 class BoundaryStats(Metric):
     """Per-layer boundary rate and UPDATE / COPY / FLUSH fractions, summed over ranks."""
 
@@ -44,11 +64,15 @@ class BoundaryStats(Metric):
         self.add_state("ops", torch.zeros(num_layers, 3, dtype=torch.float64), dist_reduce_fx="sum")
         self.add_state("steps", torch.tensor(0.0, dtype=torch.float64), dist_reduce_fx="sum")
 
-    def update(self, boundaries: Tensor, z0: Tensor | None) -> None:
-        """boundaries (T, B, K); z0 (K, B) the carried z before the first step."""
-        self.fired += boundaries.detach().to(torch.float64).sum((0, 1))
-        self.ops += operation_counts(boundaries, z0).to(self.ops.device)
-        self.steps += boundaries.shape[0] * boundaries.shape[1]
+    def update(self, boundaries: Tensor, z0: Tensor | None, mask: Tensor | None = None) -> None:
+        """boundaries (T, B, K); z0 (K, B) the carried z before the first step; mask (T, B)
+        True on real steps (padding is not counted)."""
+        z = boundaries.detach().to(torch.float64)
+        if mask is not None:
+            z = z * mask[..., None].to(z.dtype)
+        self.fired += z.sum((0, 1))
+        self.ops += operation_counts(boundaries, z0, mask).to(self.ops.device)
+        self.steps += z.shape[0] * z.shape[1] if mask is None else int(mask.sum())
 
     def compute(self) -> dict[str, Tensor]:
         steps = self.steps.clamp_min(1)

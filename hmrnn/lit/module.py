@@ -7,20 +7,16 @@ the start of each pass. Metrics are sums reduced over ranks (exact under DDP wit
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from typing import Any
 
-import lightning as L
 import torch
 from torch import Tensor
-from torch.utils._pytree import tree_map
 
-from hmrnn.config import Config, from_dict
-from hmrnn.core import CharLM, HMLSTMState, count_parameters
-from hmrnn.lit.metrics import BitsPerChar, BoundaryStats
-
-SPLIT_NAMES = ("train", "val", "test")  # each carries its own recurrent state and metrics
+from hmrnn.config import Config
+from hmrnn.core import CharLM, HMLSTMState
+from hmrnn.lit.base import SPLIT_NAMES, LitBase, detach_state
+from hmrnn.lit.metrics import BitsPerChar
 
 
 def build_model(config: Config, vocab_size: int) -> CharLM:
@@ -44,7 +40,7 @@ def build_model(config: Config, vocab_size: int) -> CharLM:
     )
 
 
-class LitCharLM(L.LightningModule):
+class LitCharLM(LitBase):
     """Character LM training: Adam, clipping (by the Trainer), plateau schedule, BPC metrics.
 
     Args:
@@ -54,32 +50,14 @@ class LitCharLM(L.LightningModule):
     """
 
     def __init__(self, config: dict[str, Any], vocab_size: int, vocab: list[str] | None = None):
-        super().__init__()
+        super().__init__(config)
         self.save_hyperparameters()
-        self.config = from_dict(Config, config)
         self.model = build_model(self.config, vocab_size)
-        self.num_layers = self.config.model.num_layers
-        # keys carry a suffix: nn.Module already has an attribute named "train"
         self.bpc_metrics = torch.nn.ModuleDict({f"{s}_": BitsPerChar() for s in SPLIT_NAMES})
-        self.stat_metrics = torch.nn.ModuleDict(
-            {f"{s}_": BoundaryStats(self.num_layers) for s in SPLIT_NAMES}
-        )
         self.carried: dict[str, HMLSTMState | None] = dict.fromkeys(SPLIT_NAMES)
-        self.plateau: torch.optim.lr_scheduler.ReduceLROnPlateau | None = None
-        self._plateau_state: dict[str, Any] | None = None  # restored before the scheduler exists
 
     def bpc(self, split: str) -> BitsPerChar:
         return self.bpc_metrics[f"{split}_"]  # type: ignore[return-value]
-
-    def stats(self, split: str) -> BoundaryStats:
-        return self.stat_metrics[f"{split}_"]  # type: ignore[return-value]
-
-    @property
-    def is_hierarchical(self) -> bool:
-        return self.config.model.name == "hmlstm"
-
-    def num_parameters(self) -> int:
-        return count_parameters(self.model)
 
     # ----------------------------------------------------------------------------- steps
     def _step(self, split: str, batch: Tensor) -> Tensor:
@@ -91,7 +69,7 @@ class LitCharLM(L.LightningModule):
             state = HMLSTMState(*(x.to(tokens.device) for x in state))
         out = self.model(tokens, targets, state)
         z0 = None if state is None else state.z
-        self.carried[split] = tree_map(lambda x: x.detach(), out.state)
+        self.carried[split] = detach_state(out.state)
         count = targets.numel()
         self.bpc(split).update(out.loss, count)
         if self.is_hierarchical:
@@ -116,9 +94,8 @@ class LitCharLM(L.LightningModule):
         if self.trainer.log_every_n_steps and batch_idx % self.trainer.log_every_n_steps == 0:
             self.log("train/bpc", self.bpc("train").compute(), prog_bar=True, rank_zero_only=True)
             self.bpc("train").reset()
-            if self.is_hierarchical:
-                self.log_dict(self._stats("train"), rank_zero_only=True)
-            self.log("slope", self.model.rnn.slope if self.is_hierarchical else 1.0)
+            self.log_stats("train", rank_zero_only=True)
+            self.log_slope()
         return loss
 
     def validation_step(self, batch: Tensor, batch_idx: int) -> None:
@@ -126,11 +103,6 @@ class LitCharLM(L.LightningModule):
 
     def test_step(self, batch: Tensor, batch_idx: int) -> None:
         self._step("test", batch)
-
-    def _stats(self, split: str) -> dict[str, Tensor]:
-        stats = self.stats(split).compute()
-        self.stats(split).reset()
-        return {f"{split}/{k}": v for k, v in stats.items()}
 
     # ------------------------------------------------------------------------ epoch edges
     def on_train_epoch_start(self) -> None:  # not called when a run resumes mid-epoch
@@ -146,11 +118,8 @@ class LitCharLM(L.LightningModule):
         self.bpc("val").reset()
         self.log("val/bpc", bpc, prog_bar=True)
         self.log("val/loss", bpc * math.log(2))  # nats per symbol
-        if self.plateau is not None and self.trainer.state.fn == "fit":
-            # one plateau step per validation, whatever the validation cadence
-            self.plateau.step(float(bpc))
-        if self.is_hierarchical:
-            self.log_dict(self._stats("val"))
+        self.step_plateau(float(bpc))
+        self.log_stats("val")
 
     def on_test_epoch_start(self) -> None:
         self.carried["test"] = None
@@ -158,41 +127,16 @@ class LitCharLM(L.LightningModule):
     def on_test_epoch_end(self) -> None:
         self.log("test/bpc", self.bpc("test").compute())
         self.bpc("test").reset()
-        if self.is_hierarchical:
-            self.log_dict(self._stats("test"))
-
-    # ----------------------------------------------------------------------- optimisation
-    def configure_optimizers(self) -> torch.optim.Optimizer:
-        """Adam; the plateau schedule is stepped here after each validation, not by Lightning.
-
-        Lightning steps a plateau scheduler by batch or epoch counts, which drift from the
-        validation cadence and break a mid-epoch resume; one step per validation does not.
-        """
-        o = self.config.optim
-        optimizer = torch.optim.Adam(self.parameters(), lr=o.lr, weight_decay=o.weight_decay)
-        self.plateau = torch.optim.lr_scheduler.ReduceLROnPlateau(
-            optimizer,
-            mode="min",
-            factor=o.plateau_factor,
-            patience=o.plateau_patience,
-            min_lr=o.min_lr,
-        )
-        if self._plateau_state is not None:
-            self.plateau.load_state_dict(self._plateau_state)
-        return optimizer
+        self.log_stats("test")
 
     # ------------------------------------------------------------------------ checkpoints
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        super().on_save_checkpoint(checkpoint)
         state = self.carried["train"]  # plain tensors: checkpoints load with weights_only=True
         checkpoint["carried_train_state"] = None if state is None else dict(state._asdict())
-        if self.plateau is not None:
-            checkpoint["plateau"] = self.plateau.state_dict()
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        super().on_load_checkpoint(checkpoint)
         state = checkpoint.get("carried_train_state")
         if state is not None:
             self.carried["train"] = HMLSTMState(**state)
-        self._plateau_state = checkpoint.get("plateau")
-
-    def config_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self.config)

@@ -67,3 +67,22 @@ def test_extreme_inputs_give_finite_likelihood_and_gradients() -> None:
     ll.sum().backward()
     assert torch.isfinite(ll).all()
     assert all(torch.isfinite(q.grad).all() for q in head.parameters())
+
+
+def test_handwriting_model_counts_real_points_only() -> None:
+    from hmrnn.core.handwriting import HandwritingModel
+
+    torch.manual_seed(0)
+    model = HandwritingModel(hidden_size=8, num_layers=2, output_size=8, num_components=3)
+    inputs = torch.randn(6, 2, 3)
+    targets = torch.randn(6, 2, 3)
+    targets[..., 2] = 0.0
+    mask = torch.ones(6, 2, dtype=torch.bool)
+    mask[4:, 1] = False  # the second sequence has 4 target points
+    out = model(inputs, targets, mask)
+    short = model(inputs[:4, 1:], targets[:4, 1:])  # the same sequence alone, unpadded
+    assert torch.allclose(out.sequence_ll[1], short.sequence_ll[0], atol=1e-5)
+    assert (out.point_ll[4:, 1] == 0).all()
+    points, bounds = model.generate(5, batch_size=2, generator=torch.Generator().manual_seed(1))
+    assert points.shape == (5, 2, 3) and bounds.shape == (5, 2, 2)
+    assert set(points[..., 2].unique().tolist()) <= {0.0, 1.0}

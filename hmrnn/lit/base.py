@@ -1,0 +1,86 @@
+"""What every LightningModule of the project shares: the config, Adam with a plateau schedule
+stepped once per validation, per-layer boundary statistics, checkpoint extras."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import lightning as L
+import torch
+
+from hmrnn.config import Config, from_dict
+from hmrnn.core import count_parameters
+from hmrnn.lit.metrics import BoundaryStats
+
+SPLIT_NAMES = ("train", "val", "test")  # each carries its own metrics (and recurrent state)
+
+
+class LitBase(L.LightningModule):
+    """Subclasses build ``self.model`` (with ``.rnn``) in ``__init__`` after calling this one."""
+
+    def __init__(self, config: dict[str, Any]) -> None:
+        super().__init__()
+        self.config = from_dict(Config, config)
+        self.num_layers = self.config.model.num_layers
+        # keys carry a suffix: nn.Module already has an attribute named "train"
+        self.stat_metrics = torch.nn.ModuleDict(
+            {f"{s}_": BoundaryStats(self.num_layers) for s in SPLIT_NAMES}
+        )
+        self.plateau: torch.optim.lr_scheduler.ReduceLROnPlateau | None = None
+        self._plateau_state: dict[str, Any] | None = None  # restored before the scheduler exists
+
+    @property
+    def is_hierarchical(self) -> bool:
+        return self.config.model.name == "hmlstm"
+
+    def num_parameters(self) -> int:
+        return count_parameters(self.model)
+
+    def stats(self, split: str) -> BoundaryStats:
+        return self.stat_metrics[f"{split}_"]  # type: ignore[return-value]
+
+    def log_stats(self, split: str, **kwargs: Any) -> None:
+        """Log and reset the boundary statistics of a split (HM-LSTM only)."""
+        if self.is_hierarchical:
+            stats = self.stats(split).compute()
+            self.log_dict({f"{split}/{k}": v for k, v in stats.items()}, **kwargs)
+        self.stats(split).reset()
+
+    def step_plateau(self, loss: float) -> None:
+        """One plateau step per validation (lower is better), whatever the cadence."""
+        if self.plateau is not None and self.trainer.state.fn == "fit":
+            self.plateau.step(loss)
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        """Adam; the plateau schedule is stepped by :meth:`step_plateau`, not by Lightning.
+
+        Lightning steps a plateau scheduler by batch or epoch counts, which drift from the
+        validation cadence and break a mid-epoch resume; one step per validation does not.
+        """
+        o = self.config.optim
+        optimizer = torch.optim.Adam(self.parameters(), lr=o.lr, weight_decay=o.weight_decay)
+        self.plateau = torch.optim.lr_scheduler.ReduceLROnPlateau(
+            optimizer,
+            mode="min",
+            factor=o.plateau_factor,
+            patience=o.plateau_patience,
+            min_lr=o.min_lr,
+        )
+        if self._plateau_state is not None:
+            self.plateau.load_state_dict(self._plateau_state)
+        return optimizer
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        if self.plateau is not None:
+            checkpoint["plateau"] = self.plateau.state_dict()
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        self._plateau_state = checkpoint.get("plateau")
+
+    def log_slope(self) -> None:
+        rnn = self.model.rnn
+        self.log("slope", rnn.slope if hasattr(rnn, "slope") else torch.tensor(1.0))
+
+
+def detach_state(state: Any) -> Any:
+    return None if state is None else type(state)(*(x.detach() for x in state))
