@@ -232,3 +232,12 @@ def test_handwriting_run_end_to_end(tmp_path: Path) -> None:
     assert results["metrics"]["test/ll"] < 0 and "val/ll" in results["metrics"]
     module = LitHandwriting.load_from_checkpoint(tmp_path / "hw" / "checkpoints" / "best.ckpt")
     assert len(module.hparams.mean) == 2 and module.hparams.std[0] > 0
+    # sampling draws to PNG and SVG, reproducibly for a seed
+    from hmrnn.generate import main as generate
+
+    ckpt = str(tmp_path / "hw" / "checkpoints" / "best.ckpt")
+    first = generate([ckpt, "length=60", "seed=4", f"out={tmp_path / 's1'}"])
+    second = generate([ckpt, "length=60", "seed=4", f"out={tmp_path / 's2'}"])
+    assert [p.suffix for p in first] == [".png", ".svg", ".png", ".svg"]
+    assert first[1].read_text() == second[1].read_text()
+    assert "<polyline" in first[1].read_text() and first[0].stat().st_size > 1000

@@ -1,0 +1,113 @@
+"""Draw pen trajectories (dx, dy, pen_up) as SVG and PNG, strokes optionally coloured by segment.
+
+    strokes = to_strokes(points)                # absolute coordinates, split at pen-up
+    write_svg(points, "sample.svg")
+    write_png(points, "sample.png", colours=segment_colours(boundaries))
+
+Coordinates are IAM-OnDB's: y grows downwards, as on a screen and in SVG.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from hmrnn.io import atomic_write
+
+PALETTE = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#17becf", "#8c564b", "#e377c2")
+
+
+def to_strokes(points: np.ndarray) -> list[np.ndarray]:
+    """(N, 3) offsets with pen_up flags -> list of (n_i, 2) absolute-coordinate strokes.
+
+    A stroke ends at a point whose pen_up is 1 (that point included).
+    """
+    points = np.asarray(points, dtype=np.float64)
+    xy = np.cumsum(points[:, :2], axis=0)
+    ends = np.flatnonzero(points[:, 2] > 0.5) + 1
+    pieces = np.split(xy, ends)
+    return [p for p in pieces if len(p)]
+
+
+def segment_colours(boundaries: np.ndarray) -> np.ndarray:
+    """(N,) 0/1 boundaries -> (N,) index of the segment each point belongs to.
+
+    A boundary at point t closes the segment: point t + 1 starts the next one.
+    """
+    b = (np.asarray(boundaries) > 0.5).astype(np.int64)
+    return np.concatenate([[0], np.cumsum(b)[:-1]])
+
+
+def _pieces(points: np.ndarray, segments: np.ndarray | None) -> list[tuple[np.ndarray, int]]:
+    """Polylines with a colour index: split at pen-up, and at segment changes when given."""
+    points = np.asarray(points, dtype=np.float64)
+    xy = np.cumsum(points[:, :2], axis=0)
+    seg = np.zeros(len(points), dtype=np.int64) if segments is None else np.asarray(segments)
+    out, start = [], 0
+    for t in range(len(points)):
+        last = t == len(points) - 1
+        if last or points[t, 2] > 0.5 or seg[t + 1] != seg[t]:
+            # a segment change inside a stroke keeps the line connected to the next point
+            stop = t + 1 if (last or points[t, 2] > 0.5) else t + 2
+            out.append((xy[start:stop], int(seg[t])))
+            start = t + 1
+    return [(p, s) for p, s in out if len(p)]
+
+
+def svg_text(points: np.ndarray, segments: np.ndarray | None = None, width: float = 2.0) -> str:
+    """An SVG document with one polyline per stroke (and per segment when given)."""
+    pieces = _pieces(points, segments)
+    xy = np.concatenate([p for p, _ in pieces]) if pieces else np.zeros((1, 2))
+    lo, hi = xy.min(0) - 10, xy.max(0) + 10
+    size = hi - lo
+    lines = [
+        '<svg xmlns="http://www.w3.org/2000/svg" '
+        f'viewBox="{lo[0]:.1f} {lo[1]:.1f} {size[0]:.1f} {size[1]:.1f}" '
+        f'width="{size[0]:.0f}" height="{size[1]:.0f}">',
+        f'<rect x="{lo[0]:.1f}" y="{lo[1]:.1f}" width="{size[0]:.1f}" height="{size[1]:.1f}" '
+        'fill="white"/>',
+    ]
+    for piece, s in pieces:
+        coords = " ".join(f"{x:.1f},{y:.1f}" for x, y in piece)
+        colour = PALETTE[s % len(PALETTE)] if segments is not None else "black"
+        lines.append(
+            f'<polyline points="{coords}" fill="none" stroke="{colour}" '
+            f'stroke-width="{width}" stroke-linecap="round" stroke-linejoin="round"/>'
+        )
+    lines.append("</svg>")
+    return "\n".join(lines) + "\n"
+
+
+def write_svg(points: np.ndarray, path: str | Path, segments: np.ndarray | None = None) -> None:
+    atomic_write(path, svg_text(points, segments))
+
+
+def write_png(
+    points: np.ndarray, path: str | Path, segments: np.ndarray | None = None, dpi: int = 100
+) -> None:
+    """A PNG of the trajectory (matplotlib, Agg backend), y axis pointing down."""
+    import io
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    pieces = _pieces(points, segments)
+    xy = np.concatenate([p for p, _ in pieces]) if pieces else np.zeros((1, 2))
+    span = np.maximum(xy.max(0) - xy.min(0), 1.0)
+    fig = plt.figure(
+        figsize=(max(2.0, 8 * span[0] / span.max()), max(1.0, 8 * span[1] / span.max()))
+    )
+    ax = fig.add_axes((0, 0, 1, 1))
+    for piece, s in pieces:
+        colour = PALETTE[s % len(PALETTE)] if segments is not None else "black"
+        ax.plot(piece[:, 0], piece[:, 1], color=colour, linewidth=1.5, solid_capstyle="round")
+    ax.set_aspect("equal")
+    ax.invert_yaxis()
+    ax.axis("off")
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=dpi, facecolor="white")
+    plt.close(fig)
+    atomic_write(path, buffer.getvalue())
