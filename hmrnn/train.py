@@ -31,7 +31,6 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from datamodules import build_datamodule
-from datamodules.stream import CharStreamDataModule
 from hmrnn.compose import compose, config_error, split_arguments
 from hmrnn.config import Config, ConfigError, validate
 from hmrnn.evaluate import boundary_report, run_split
@@ -217,7 +216,7 @@ def scalar_metrics(trainer: L.Trainer) -> dict[str, float]:
 def summarise(
     config: Config,
     module: LitCharLM,
-    dm: CharStreamDataModule,
+    dm: Any,
     trainer: L.Trainer,
     parts: dict[str, Any],
     metrics: dict[str, float],
