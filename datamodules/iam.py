@@ -69,7 +69,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from datamodules.download import fetch, sha256_of
-from datamodules.stream import SPLITS, DataError
+from datamodules.stream import SPLITS, DataError, DataFolders
 from hmrnn.config import DataConfig
 from hmrnn.io import atomic_write
 
@@ -542,7 +542,7 @@ def _same_source(record: dict[str, Any], path: Path) -> bool:
     return stat.st_mtime_ns == record.get("mtime_ns") or sha256_of(path) == record.get("sha256")
 
 
-class IAMOnDBDataModule(L.LightningDataModule):
+class IAMOnDBDataModule(DataFolders, L.LightningDataModule):
     """IAM-OnDB line trajectories as ``(dx, dy, pen_up)`` sequences (see the module docstring).
 
     Reads from ``config``: ``root``, ``batch_size``, ``eval_batch_size`` and, with ``getattr``
@@ -580,24 +580,6 @@ class IAMOnDBDataModule(L.LightningDataModule):
 
     def params(self) -> dict[str, Any]:
         return {"mode": self.split_mode, "seed": self.seed, "min_points": self.min_points}
-
-    # -- folders
-    @property
-    def local_dir(self) -> Path | None:
-        value = getattr(self.config, "local_dir", "") or ""
-        return Path(value).expanduser() if value else None
-
-    @property
-    def data_dir(self) -> Path:
-        return Path(self.config.root).expanduser() / self.NAME
-
-    @property
-    def cache_dir(self) -> Path:
-        return self.data_dir / "cache"
-
-    @property
-    def manifest_path(self) -> Path:
-        return self.cache_dir / "manifest.json"
 
     # -- sources
     @staticmethod

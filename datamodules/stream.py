@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import lightning as L
@@ -229,3 +230,32 @@ class CharStreamDataModule(L.LightningDataModule):
         self.setup()
         assert self.vocab is not None
         return len(self.vocab)
+
+
+class DataFolders:
+    """Where a data set's files live: ``data.local_dir`` or ``<data.root>/<NAME>`` and its cache.
+
+    A mixin for DataModules with ``self.config`` (a DataConfig) and a class attribute ``NAME``.
+    """
+
+    NAME = ""
+    config: DataConfig
+
+    @property
+    def local_dir(self) -> Path | None:
+        """``data.local_dir`` (take the files from there, no download) or None."""
+        value = self.config.local_dir
+        return Path(value).expanduser() if value else None
+
+    @property
+    def data_dir(self) -> Path:
+        """``<data.root>/<NAME>``: downloads and extracted files."""
+        return Path(self.config.root).expanduser() / self.NAME
+
+    @property
+    def cache_dir(self) -> Path:
+        return self.data_dir / "cache"
+
+    @property
+    def manifest_path(self) -> Path:
+        return self.cache_dir / "manifest.json"

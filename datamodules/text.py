@@ -38,7 +38,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from datamodules.download import fetch, sha256_of
-from datamodules.stream import SPLITS, CharStreamDataModule, DataError, Vocabulary
+from datamodules.stream import SPLITS, CharStreamDataModule, DataError, DataFolders, Vocabulary
 from hmrnn.config import DataConfig
 from hmrnn.io import atomic_write
 
@@ -77,7 +77,7 @@ def _ends_before(tokens: np.ndarray, separators: list[int]) -> np.ndarray:
     return out
 
 
-class TextDataModule(CharStreamDataModule):
+class TextDataModule(DataFolders, CharStreamDataModule):
     """Base of the file-backed data sets: source files, the encoded cache, and loading.
 
     Subclasses set :attr:`NAME` and implement :meth:`source_paths`, :meth:`fetch_sources` and
@@ -91,26 +91,6 @@ class TextDataModule(CharStreamDataModule):
         self.progress = progress
         self._built: tuple[dict[str, np.ndarray], Vocabulary] | None = None
         self.notes: list[str] = []
-
-    # -- folders
-    @property
-    def local_dir(self) -> Path | None:
-        """``data.local_dir`` (take the files from there, no download) or None."""
-        value = getattr(self.config, "local_dir", "") or ""
-        return Path(value).expanduser() if value else None
-
-    @property
-    def data_dir(self) -> Path:
-        """``<data.root>/<NAME>``: downloads and extracted files."""
-        return Path(self.config.root).expanduser() / self.NAME
-
-    @property
-    def cache_dir(self) -> Path:
-        return self.data_dir / "cache"
-
-    @property
-    def manifest_path(self) -> Path:
-        return self.cache_dir / "manifest.json"
 
     # -- what a subclass provides
     def source_paths(self) -> list[Path] | None:

@@ -12,7 +12,20 @@ from hmrnn.config import Config, from_dict
 from hmrnn.core import count_parameters
 from hmrnn.lit.metrics import BoundaryStats
 
-SPLIT_NAMES = ("train", "val", "test")  # each carries its own metrics (and recurrent state)
+SPLIT_NAMES = ("train", "val", "test")
+
+
+def rnn_options(config: Config) -> dict[str, Any]:
+    """Keyword options of the recurrent core that ``model.name`` picks."""
+    m = config.model
+    options: dict[str, Any] = {"layer_norm": m.layer_norm}
+    if m.name == "hmlstm":
+        options |= {
+            "boundary": m.boundary,
+            "top_layer_boundary": m.top_layer_boundary,
+            "grad_through_ops": m.grad_through_ops,
+        }
+    return options  # each carries its own metrics (and recurrent state)
 
 
 class LitBase(L.LightningModule):

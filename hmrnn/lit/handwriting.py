@@ -13,7 +13,7 @@ import torch
 from torch import Tensor
 
 from hmrnn.core.handwriting import HandwritingModel
-from hmrnn.lit.base import SPLIT_NAMES, LitBase
+from hmrnn.lit.base import SPLIT_NAMES, LitBase, rnn_options
 from hmrnn.lit.metrics import SequenceLogLikelihood
 
 
@@ -30,15 +30,8 @@ class LitHandwriting(LitBase):
         super().__init__(config)
         self.save_hyperparameters()
         m = self.config.model
-        options: dict[str, Any] = {"layer_norm": m.layer_norm}
-        if m.name == "hmlstm":
-            options |= {
-                "boundary": m.boundary,
-                "top_layer_boundary": m.top_layer_boundary,
-                "grad_through_ops": m.grad_through_ops,
-            }
         self.model = HandwritingModel(
-            m.hidden_size, m.num_layers, m.output_size, cell=m.name, **options
+            m.hidden_size, m.num_layers, m.output_size, cell=m.name, **rnn_options(self.config)
         )
         self.ll_metrics = torch.nn.ModuleDict(
             {f"{s}_": SequenceLogLikelihood() for s in SPLIT_NAMES}

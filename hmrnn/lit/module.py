@@ -15,20 +15,13 @@ from torch import Tensor
 
 from hmrnn.config import Config
 from hmrnn.core import CharLM, HMLSTMState
-from hmrnn.lit.base import SPLIT_NAMES, LitBase, detach_state
+from hmrnn.lit.base import SPLIT_NAMES, LitBase, detach_state, rnn_options
 from hmrnn.lit.metrics import BitsPerChar
 
 
 def build_model(config: Config, vocab_size: int) -> CharLM:
     """The network a configuration describes."""
     m = config.model
-    options: dict[str, Any] = {"layer_norm": m.layer_norm}
-    if m.name == "hmlstm":
-        options |= {
-            "boundary": m.boundary,
-            "top_layer_boundary": m.top_layer_boundary,
-            "grad_through_ops": m.grad_through_ops,
-        }
     return CharLM(
         vocab_size,
         m.hidden_size,
@@ -36,7 +29,7 @@ def build_model(config: Config, vocab_size: int) -> CharLM:
         m.embedding_dim,
         m.output_size,
         cell=m.name,
-        **options,
+        **rnn_options(config),
     )
 
 
