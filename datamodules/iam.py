@@ -69,7 +69,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from datamodules.download import fetch, sha256_of
-from datamodules.stream import SPLITS, DataError, DataFolders
+from datamodules.stream import SPLITS, DataError, DataFolders, ResumableLoader
 from hmrnn.config import DataConfig
 from hmrnn.io import atomic_write
 
@@ -469,6 +469,7 @@ class LengthBatchSampler(Sampler[list[int]]):
         self.batch_size, self.shuffle, self.seed = batch_size, shuffle, seed
         self.rank, self.world_size = rank, world_size
         self.epoch = 0
+        self.start = 0  # batches of the next training epoch to skip once (mid-epoch resume)
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -496,7 +497,9 @@ class LengthBatchSampler(Sampler[list[int]]):
         if not self.shuffle:
             return iter(self._eval_batches())
         epoch, self.epoch = self.epoch, self.epoch + 1
-        return iter([b[self.rank :: self.world_size].tolist() for b in self.global_batches(epoch)])
+        start, self.start = self.start, 0
+        batches = self.global_batches(epoch)[start:]
+        return iter([b[self.rank :: self.world_size].tolist() for b in batches])
 
     def __len__(self) -> int:
         if not self.shuffle:
@@ -874,7 +877,12 @@ class IAMOnDBDataModule(DataFolders, L.LightningDataModule):
         )
 
     def train_dataloader(self) -> DataLoader:
-        return self.dataloader("train")
+        self.setup()  # resumable: a run restored mid-epoch continues with the next batch
+        return ResumableLoader(
+            HandwritingSequences(self.sequences["train"]),
+            self.batch_sampler("train"),
+            collate_fn=collate_sequences,
+        )
 
     def val_dataloader(self) -> DataLoader:
         return self.dataloader("valid")

@@ -132,23 +132,24 @@ class _FromOffset(Sampler[int]):
 
 
 class ResumableLoader(DataLoader):
-    """The training loader: segments in order, and able to continue mid-epoch.
+    """A training loader that can continue mid-epoch.
 
     Lightning saves ``state_dict()`` of the train dataloader in each checkpoint (under
     ``loops/fit_loop/state_dict/combined_loader``) and calls ``load_state_dict()`` before iterating
-    an unfinished epoch, so a resumed run continues with exactly the next segment. The loader has
-    its own random generator: iterating draws nothing from the global one.
+    an unfinished epoch, so a resumed run continues with exactly the next batch. The order comes
+    from ``batch_sampler`` (any sampler with a ``start`` attribute that it skips to once) or, by
+    default, the dataset's items in order, one item per batch. The loader has its own random
+    generator: iterating draws nothing from the global one.
     """
 
-    def __init__(self, dataset: Dataset) -> None:
-        self._order = _FromOffset(len(dataset))  # type: ignore[arg-type]
-        super().__init__(
-            dataset,
-            batch_size=None,
-            sampler=self._order,
-            num_workers=0,
-            generator=torch.Generator(),
-        )
+    def __init__(self, dataset: Dataset, batch_sampler: Any = None, **kwargs: Any) -> None:
+        common = {"num_workers": 0, "generator": torch.Generator(), **kwargs}
+        if batch_sampler is None:
+            self._order: Any = _FromOffset(len(dataset))  # type: ignore[arg-type]
+            super().__init__(dataset, batch_size=None, sampler=self._order, **common)
+        else:
+            self._order = batch_sampler
+            super().__init__(dataset, batch_sampler=batch_sampler, **common)
         self.consumed = 0  # batches handed out in the current epoch
 
     def __iter__(self):

@@ -511,3 +511,27 @@ def test_archive_errors_name_the_member(tmp_path) -> None:
     broken.write_bytes(b"\x1f\x8b not really gzip")
     with pytest.raises(DataError, match="not a readable tar archive"):
         read_archive(broken)
+
+
+def test_training_loader_resumes_mid_epoch_with_the_next_batch() -> None:
+    from datamodules.iam import LengthBatchSampler
+    from datamodules.stream import ResumableLoader
+
+    lengths = np.random.default_rng(0).integers(300, 900, size=200)
+    data = list(range(200))
+
+    def loader() -> ResumableLoader:
+        sampler = LengthBatchSampler(lengths, 16, shuffle=True, seed=3)
+        sampler.set_epoch(2)
+        return ResumableLoader(data, sampler, collate_fn=lambda items: list(items))
+
+    whole = list(loader())
+    first = loader()
+    it = iter(first)
+    done = [next(it) for _ in range(5)]
+    state = first.state_dict()
+    assert state == {"consumed": 5} and done == whole[:5]
+    resumed = loader()
+    resumed.load_state_dict(state)
+    assert list(resumed) == whole[5:]
+    assert len(resumed) == len(whole)  # Lightning's counters continue from the checkpoint
