@@ -75,7 +75,6 @@ from hmrnn.io import atomic_write
 
 log = logging.getLogger(__name__)
 
-CACHE_FORMAT = 1
 SPLIT_SEED = 2017
 """Default seed of the random 90/5/5 split (``numpy.random.default_rng(SPLIT_SEED)``)."""
 MIN_POINTS = 300
@@ -749,7 +748,7 @@ class IAMOnDBDataModule(DataFolders, L.LightningDataModule):
                 atomic_write(self.cache_dir / name, data)
                 entries[name] = {"size": len(data), "sha256": hashlib.sha256(data).hexdigest()}
         manifest = {
-            "format": CACHE_FORMAT,
+            "format": self.CACHE_FORMAT,
             "dataset": self.NAME,
             "params": self.params(),
             "sources": [_source_record(p) for p in sources],
@@ -765,29 +764,7 @@ class IAMOnDBDataModule(DataFolders, L.LightningDataModule):
     # -- the cache
     def _manifest(self) -> dict[str, Any] | None:
         sources = self._sources()
-        if sources is None or not self.manifest_path.is_file():
-            return None
-        try:
-            manifest = json.loads(self.manifest_path.read_text())
-        except (OSError, ValueError):
-            log.warning("%s is unreadable; rebuilding the cache", self.manifest_path)
-            return None
-        expected = {"format": CACHE_FORMAT, "dataset": self.NAME, "params": self.params()}
-        if not isinstance(manifest, dict) or any(manifest.get(k) != v for k, v in expected.items()):
-            log.info("the cache in %s was made differently; rebuilding it", self.cache_dir)
-            return None
-        records = manifest.get("sources", [])
-        if len(records) != len(sources) or not all(
-            _same_source(r, p) for r, p in zip(records, sources, strict=True)
-        ):
-            log.info("the source files of %s changed; rebuilding the cache", self.cache_dir)
-            return None
-        for name, entry in manifest.get("cache", {}).items():
-            path = self.cache_dir / name
-            if not path.is_file() or path.stat().st_size != entry.get("size"):
-                log.warning("cache file %s is missing or has the wrong size; rebuilding", path)
-                return None
-        return manifest
+        return self.matching_manifest(sources, _same_source)
 
     def cache_is_valid(self) -> bool:
         """Whether the manifest matches the sources and the cache files' sizes (no hashing)."""

@@ -10,7 +10,9 @@ Segment i of a shard is its columns [i*T, i*T + T] (T+1 tokens: inputs and shift
 from __future__ import annotations
 
 import json
+import logging
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,6 +25,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from hmrnn.config import DataConfig
 
 SPLITS = ("train", "valid", "test")
+log = logging.getLogger(__name__)
 
 
 class DataError(ValueError):
@@ -240,6 +243,7 @@ class DataFolders:
     """
 
     NAME = ""
+    CACHE_FORMAT = 1  # bump when a cache layout changes: older caches are rebuilt
     config: DataConfig
 
     @property
@@ -260,3 +264,37 @@ class DataFolders:
     @property
     def manifest_path(self) -> Path:
         return self.cache_dir / "manifest.json"
+
+    def matching_manifest(
+        self, sources: list[Path] | None, same_source: Callable[[dict[str, Any], Path], bool]
+    ) -> dict[str, Any] | None:
+        """The cache manifest when it was made by this format, data set, parameters and sources
+        and its files have their recorded sizes; None (rebuild) otherwise.
+
+        Subclasses provide ``CACHE_FORMAT`` and ``params()``; ``same_source(record, path)``
+        says whether a source file still matches its record.
+        """
+        if sources is None or not self.manifest_path.is_file():
+            return None
+        try:
+            manifest = json.loads(self.manifest_path.read_text())
+        except (OSError, ValueError):
+            log.warning("%s is unreadable; rebuilding the cache", self.manifest_path)
+            return None
+        params = self.params()  # type: ignore[attr-defined]
+        expected = {"format": self.CACHE_FORMAT, "dataset": self.NAME, "params": params}
+        if not isinstance(manifest, dict) or any(manifest.get(k) != v for k, v in expected.items()):
+            log.info("the cache in %s was made differently; rebuilding it", self.cache_dir)
+            return None
+        records = manifest.get("sources", [])
+        if len(records) != len(sources) or not all(
+            same_source(r, p) for r, p in zip(records, sources, strict=True)
+        ):
+            log.info("the source files of %s changed; rebuilding the cache", self.cache_dir)
+            return None
+        for name, entry in manifest.get("cache", {}).items():
+            path = self.cache_dir / name
+            if not path.is_file() or path.stat().st_size != entry.get("size"):
+                log.warning("cache file %s is missing or has the wrong size; rebuilding", path)
+                return None
+        return manifest
