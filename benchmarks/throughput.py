@@ -10,13 +10,21 @@ step is forward + backward through the recurrent stack with a sum loss; an evalu
 forward pass under ``torch.no_grad``. ``--rates`` imposes the boundaries: each layer l < K fires
 on a fraction ``rates[l+1]`` of the steps (nested, so a layer fires only where the one below
 does), which makes layer l+1 active on about that fraction; without it the detectors decide.
-Memory is the bytes of the tensors autograd saves for the backward pass (activation memory);
-on CUDA also the peak allocated memory of the step.
+``--autograd`` adds the HM-LSTM built from autograd operations (``HMLSTM.fused = False``, the
+path layer norm takes) to show what the hand-written loop gains.
+
+Memory (training): the peak memory of one training step above what the process held before it.
+On CPU it is measured in a fresh subprocess per model as the growth of the resident set's
+high-water mark (``ru_maxrss``) over the first step, so it includes everything the step
+allocates (activations, gradients, workspaces); on CUDA, ``torch.cuda.max_memory_allocated``.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import resource
+import subprocess
 import sys
 import time
 from collections.abc import Callable
@@ -63,42 +71,70 @@ def timed(step: Callable[[], None], repeats: int, warmup: int, device: torch.dev
     return min(times)
 
 
-def saved_bytes(run: Callable[[], torch.Tensor]) -> int:
-    """Bytes of the distinct storages autograd saves during ``run()`` (activation memory)."""
-    seen: dict[int, int] = {}
+def peak_cpu_mb(args: argparse.Namespace, name: str, H: int, B: int) -> float:
+    """Peak resident memory (MB) that one training step of ``name`` adds, in a fresh process."""
+    spec = {"name": name, "H": H, "B": B, **{k: getattr(args, k) for k in MEMORY_ARGS}}
+    out = subprocess.run(
+        [sys.executable, __file__, "--_memory-child", json.dumps(spec)],
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    return float(out.stdout.strip().splitlines()[-1])
 
-    def pack(t: torch.Tensor) -> torch.Tensor:
-        storage = t.untyped_storage()
-        seen[storage.data_ptr()] = storage.nbytes()
-        return t
 
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        out = run()
-    del out
-    return sum(seen.values())
+MEMORY_ARGS = ("length", "layers", "input_size", "rates", "threads")
+
+
+def memory_child(spec: dict) -> None:
+    """Run in the subprocess: build one model, take one training step, print the MB it added."""
+    if spec["threads"]:
+        torch.set_num_threads(spec["threads"])
+    torch.manual_seed(0)
+    models, x, bounds = build(spec["name"], spec["H"], spec["B"], spec, torch.device("cpu"))
+    run = make_runner(spec["name"], models[spec["name"]], x, bounds)
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    run().sum().backward()
+    after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    print((after - before) / 1024)
+
+
+def build(names, H: int, B: int, spec: dict, device: torch.device):
+    """The models named (a name or a list), the input and the imposed boundaries (or None)."""
+    names = [names] if isinstance(names, str) else names
+    T, K, H_in = spec["length"], spec["layers"], spec["input_size"]
+    x = torch.randn(T, B, H_in, device=device)
+    bounds = None
+    if spec["rates"]:
+        bounds = imposed_boundaries(spec["rates"], T, B, K).to(device)
+    models: dict[str, nn.Module] = {}
+    for name in names:
+        if name == "nn.LSTM":
+            models[name] = nn.LSTM(H_in, H, K)
+        else:
+            models[name] = HMLSTM(H_in, H, K)
+            models[name].fused = name != "autograd"
+        models[name].to(device)
+    return models, x, bounds
 
 
 def make_runner(name: str, model: nn.Module, x: torch.Tensor, bounds: torch.Tensor | None):
     if name == "reference":
         return lambda: reference_forward(model, x, None, bounds)[0]  # type: ignore[arg-type]
-    if name == "hmlstm":
-        return lambda: model(x, None, bounds)[0]
-    return lambda: model(x)[0]
+    if name == "nn.LSTM":
+        return lambda: model(x)[0]
+    return lambda: model(x, None, bounds)[0]
 
 
 def measure(args: argparse.Namespace, H: int, B: int, device: torch.device) -> list[dict]:
     torch.manual_seed(0)
-    T, K = args.length, args.layers
-    x = torch.randn(T, B, args.input_size, device=device)
-    bounds = None
-    if args.rates:
-        bounds = imposed_boundaries(args.rates, T, B, K).to(device)
-    models: dict[str, nn.Module] = {
-        "nn.LSTM": nn.LSTM(args.input_size, H, K).to(device),
-        "hmlstm": HMLSTM(args.input_size, H, K).to(device),
-    }
+    T = args.length
+    names = ["nn.LSTM", "hmlstm"]
+    if args.autograd:
+        names.append("autograd")
     if args.reference:
-        models["reference"] = models["hmlstm"]
+        names.append("reference")
+    models, x, bounds = build(names, H, B, vars(args), device)
     runners = {n: make_runner(n, m, x, bounds) for n, m in models.items()}
     rows = []
     for mode in args.mode:
@@ -129,12 +165,12 @@ def measure(args: argparse.Namespace, H: int, B: int, device: torch.device) -> l
                 "chars_per_sec": T * B / best[name],
                 "ratio": best[name] / best["nn.LSTM"],
             }
-            if mode == "train":
-                row["saved_mb"] = saved_bytes(runners[name]) / 2**20
-                if device.type == "cuda":
-                    torch.cuda.reset_peak_memory_stats()
-                    steps[name]()
-                    row["peak_mb"] = torch.cuda.max_memory_allocated() / 2**20
+            if mode == "train" and device.type == "cuda":
+                torch.cuda.reset_peak_memory_stats()
+                steps[name]()
+                row["peak_mb"] = torch.cuda.max_memory_allocated() / 2**20
+            elif mode == "train" and args.memory:
+                row["peak_mb"] = peak_cpu_mb(args, name, H, B)
             rows.append(row)
     if bounds is not None:
         ops = operation_counts(bounds) / (T * B)
@@ -145,19 +181,24 @@ def measure(args: argparse.Namespace, H: int, B: int, device: torch.device) -> l
 
 def table(rows: list[dict]) -> str:
     has_peak = any("peak_mb" in r for r in rows)
-    head = "| mode | H | B | model | chars/s | time / nn.LSTM | saved MB |"
-    sep = "|---|---:|---:|---|---:|---:|---:|"
+    head = "| mode | H | B | model | chars/s | time / nn.LSTM |"
+    sep = "|---|---:|---:|---|---:|---:|"
     if has_peak:
-        head, sep = head + " peak MB |", sep + "---:|"
+        head, sep = head + " peak MB | MB / nn.LSTM |", sep + "---:|---:|"
     lines = [head, sep]
+    key = lambda r: (r["mode"], r["H"], r["B"])  # noqa: E731
+    lstm_mb = {key(r): r.get("peak_mb") for r in rows if r["model"] == "nn.LSTM"}
     for r in rows:
-        saved = f"{r['saved_mb']:.0f}" if "saved_mb" in r else ""
         line = (
             f"| {r['mode']} | {r['H']} | {r['B']} | {r['model']} | {r['chars_per_sec']:,.0f} "
-            f"| {r['ratio']:.2f}x | {saved} |"
+            f"| {r['ratio']:.2f}x |"
         )
         if has_peak:
-            line += f" {r.get('peak_mb', 0):.0f} |"
+            base = lstm_mb.get(key(r))
+            if "peak_mb" in r and base:
+                line += f" {r['peak_mb']:.0f} | {r['peak_mb'] / base:.2f}x |"
+            else:
+                line += " | |"
         lines.append(line)
     return "\n".join(lines)
 
@@ -178,12 +219,24 @@ def main() -> None:
         help="per-layer activity to impose, e.g. 1.0 0.2 0.05",
     )
     parser.add_argument("--reference", action="store_true", help="also time the reference")
+    parser.add_argument(
+        "--autograd", action="store_true", help="also time the HM-LSTM built from autograd ops"
+    )
+    parser.add_argument(
+        "--memory", action="store_true", help="measure each training step's peak memory (CPU)"
+    )
+    parser.add_argument(
+        "--_memory-child", dest="memory_child", default=None, help=argparse.SUPPRESS
+    )
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--markdown", default=None, help="append the table to this file")
     args = parser.parse_args()
+    if args.memory_child:
+        memory_child(json.loads(args.memory_child))
+        return
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.rates and len(args.rates) != args.layers:
@@ -201,7 +254,8 @@ def main() -> None:
     for H in args.hidden:
         for B in args.batch:
             rows += measure(args, H, B, device)
-            print(table(rows[-len(args.mode) * (3 if args.reference else 2) :]), flush=True)
+            per_size = len(args.mode) * (2 + int(args.reference) + int(args.autograd))
+            print(table(rows[-per_size:]), flush=True)
     text = f"{header}\n\n{table(rows)}\n"
     print("\n" + text)
     if args.markdown:

@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from hmrnn.core.boundary import BOUNDARY_VARIANTS, boundary
+from hmrnn.core.fused import fused_forward
 
 LN_EPS = 1e-5
 
@@ -126,7 +127,8 @@ class HMLSTM(nn.Module):
         self.top_layer_boundary = top_layer_boundary
         self.grad_through_ops = grad_through_ops
         self.batch_first = batch_first
-        self.skip_copy = True  # on CPU without autograd, compute only the rows that do not COPY
+        self.fused = True  # without layer norm, run the hand-written loop (hmrnn.core.fused)
+        self.skip_copy = True  # and there, without autograd, compute only rows that do not COPY
         self.register_buffer("slope", torch.tensor(1.0))
 
         H = hidden_size
@@ -248,6 +250,11 @@ class HMLSTM(nn.Module):
         K, H = self.num_layers, self.hidden_size
         if state is None:
             state = self.zero_state(B, input)
+        if self.fused and not self.layer_norm:
+            output, h_n, c_n, z_n, bounds = fused_forward(self, input, state, boundaries)
+            if self.batch_first:
+                output, bounds = output.transpose(0, 1), bounds.transpose(0, 1)
+            return output, HMLSTMState(h_n, c_n, z_n), bounds
 
         h = list(state.h.unbind(0))  # per layer (B, H)
         c = list(state.c.unbind(0))
@@ -344,25 +351,8 @@ class HMLSTM(nn.Module):
         ``below`` is the bottom-up input h_t^{l-1} (for layer 0 the precomputed W x_t + b);
         ``z_below`` is None for layer 0 (z^0 = 1).
         """
-        # without autograd, skip the work of COPY rows and of gated-off inputs (exact but for
-        # rounding); a Bernoulli detector in training must draw for every row, as the dense path
-        sparse = (
-            self.skip_copy
-            and h_prev.device.type == "cpu"  # on a GPU the row counts would sync every step
-            and not self.layer_norm
-            and not torch.is_grad_enabled()
-            and not (self.training and self.boundary == "bernoulli")
-        )
-        if sparse and z_below is not None:
-            flush = z_prev if self.has_detector(l) else torch.zeros_like(z_prev)
-            copying = ((1.0 - flush) * (1.0 - z_below) == 1.0).squeeze(1)  # (B,) exact COPY rows
-            if copying.float().mean() > 0.5:  # enough rows to skip
-                return self._skipping_cell(
-                    l, weight, h_prev, c_prev, z_prev, above, below, z_below, copying
-                )
         H = self.hidden_size
-        preactivation = self._sparse_preactivation if sparse else self._preactivation
-        s = preactivation(l, weight, h_prev, z_prev, above, below, z_below)  # (B, G)
+        s = self._preactivation(l, weight, h_prev, z_prev, above, below, z_below)  # (B, G)
         i = torch.sigmoid(s[:, :H])
         f = torch.sigmoid(s[:, H : 2 * H])
         g = torch.tanh(s[:, 2 * H : 3 * H])
@@ -388,82 +378,6 @@ class HMLSTM(nn.Module):
         c = torch.addcmul((update * f + copy) * c_prev, act, i * g)
         h = torch.addcmul(copy * h_prev, act, o * torch.tanh(self._norm_c(l, c)))
         return h, c, z_new
-
-    def _skipping_cell(
-        self,
-        l: int,
-        weight: Tensor,
-        h_prev: Tensor,
-        c_prev: Tensor,
-        z_prev: Tensor,
-        above: Tensor | None,
-        below: Tensor,
-        z_below: Tensor,
-        copying: Tensor,
-    ) -> tuple[Tensor, Tensor, Tensor]:
-        """:meth:`_cell` without autograd, computing the gates only for rows that do not COPY.
-
-        A COPY row keeps h and c; only its z is new, from s_z = U_z h_{t-1} + b_z (both gated
-        terms are off), a matrix-vector product. Equal to the dense cell up to rounding.
-        """
-        H = self.hidden_size
-        rows = (~copying).nonzero().squeeze(1)
-        keep = copying.nonzero().squeeze(1)
-        h, c = h_prev.clone(), c_prev.clone()
-        if rows.numel():
-            pick = lambda x: None if x is None else x.index_select(0, rows)  # noqa: E731
-            h_a, c_a, z_a = self._cell(
-                l,
-                weight,
-                pick(h_prev),
-                pick(c_prev),
-                pick(z_prev),
-                pick(above),
-                pick(below),
-                pick(z_below),
-            )
-            h.index_copy_(0, rows, h_a)
-            c.index_copy_(0, rows, c_a)
-        if not self.has_detector(l):
-            return h, c, None
-        z = h_prev.new_empty(h_prev.size(0), 1)
-        if rows.numel():
-            z.index_copy_(0, rows, z_a)
-        recurrent_z = weight[:H, 4 * H :]  # (H, 1): the z row of U, transposed
-        s_z = torch.addmm(self.param("bias", l)[4 * H :], h_prev.index_select(0, keep), recurrent_z)
-        z.index_copy_(0, keep, boundary(s_z, self.slope, self.boundary, self.training))
-        return h, c, z
-
-    def _sparse_preactivation(
-        self,
-        l: int,
-        weight: Tensor,
-        h_prev: Tensor,
-        z_prev: Tensor,
-        above: Tensor | None,
-        below: Tensor,
-        z_below: Tensor | None,
-    ) -> Tensor:
-        """:meth:`_preactivation` without autograd or layer norm, block by block: the top-down
-        and bottom-up blocks only multiply the rows whose gate is open."""
-        H = self.hidden_size
-        base = below if l == 0 else self.param("bias", l)
-        s = torch.addmm(base, h_prev, weight[:H])  # recurrent: every row
-        gated = [(above, z_prev)] if above is not None else []
-        if l > 0:
-            gated.append((below, z_below))
-        for k, (x, gate) in enumerate(gated, start=1):
-            block = weight[k * H : (k + 1) * H]
-            open_rows = (gate != 0).squeeze(1)
-            share = float(open_rows.float().mean())
-            if share > 0.7:
-                s.addmm_(gate * x, block)
-            elif share > 0:
-                rows = open_rows.nonzero().squeeze(1)
-                s.index_add_(
-                    0, rows, (gate.index_select(0, rows) * x.index_select(0, rows)) @ block
-                )
-        return s
 
     def _preactivation(
         self,
