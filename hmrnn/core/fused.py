@@ -65,6 +65,15 @@ class StepMatmul:
         self.onednn = pack and _onednn_usable(wt)
         self._forward_packed: Tensor | None = None
         self._backward_packed: Tensor | None = None
+        self._blocks: dict[int, StepMatmul] = {}
+
+    def block(self, k: int, width: int) -> StepMatmul:
+        """The multiply by rows ``[k * width, (k + 1) * width)`` of wt alone (one input block),
+        kept for reuse."""
+        if k not in self._blocks:
+            rows = self.wt[k * width : (k + 1) * width]
+            self._blocks[k] = StepMatmul(rows, self.batch_size, self.onednn)
+        return self._blocks[k]
 
     def _pack(self, weight: Tensor) -> Tensor | None:
         try:
@@ -99,7 +108,7 @@ class StepMatmul:
 class Spec:
     """What the loop needs to know about the module (plain values, no parameters)."""
 
-    def __init__(self, rnn, training: bool) -> None:
+    def __init__(self, rnn, training: bool, device: torch.device | None = None) -> None:
         K = rnn.num_layers
         self.K, self.H = K, rnn.hidden_size
         self.detector = [rnn.has_detector(l) for l in range(K)]
@@ -108,7 +117,8 @@ class Spec:
         self.training = training
         self.grad_through_ops = rnn.grad_through_ops
         self.slope = float(rnn.slope)
-        self.skip_copy = rnn.skip_copy
+        # row counts would synchronise a GPU at every step
+        self.skip_copy = rnn.skip_copy and (device is None or device.type == "cpu")
 
 
 def gate_order(H: int, G: int, device: torch.device) -> Tensor:
@@ -279,16 +289,16 @@ class Loop:
                 z[l] = self.Z[t, l]
         self.h_last, self.c_last, self.z_last = h, c, z
 
-    def may_skip(self, t: int, l: int) -> bool:
-        """Whether COPY rows of layer l at step t may be left out.
+    def sparse_allowed(self, t: int) -> bool:
+        """Whether step t may leave out the work of COPY rows (and of closed gates).
 
         Without autograd always (but for Bernoulli draws in training, which must match the dense
-        path). With autograd only for imposed boundaries after the first step: then nothing
-        needs a COPY row's gates (z is given, so no gradient reaches the masks; at t = 0 the
-        initial state's z may still want one).
+        path exactly). With autograd only for imposed boundaries after the first step: then
+        nothing needs a COPY row's gates (z is given, so no gradient reaches the masks; at t = 0
+        the initial state's z may still want one).
         """
         spec = self.spec
-        if l == 0 or not spec.skip_copy or (spec.training and spec.variant == "bernoulli"):
+        if not spec.skip_copy or (spec.training and spec.variant == "bernoulli"):
             return False
         return not self.keep or (self.imposed is not None and t > 0)
 
@@ -303,11 +313,19 @@ class Loop:
         above = h[l + 1] if spec.top_down[l] else None
         below = None if l == 0 else h[l - 1]
 
-        if self.may_skip(t, l):
+        sparse = self.sparse_allowed(t)
+        if sparse and z_in is not None:
             copy = _masks(flush, z_in)[1].squeeze(1) == 1.0
             working = int(copy.numel() - copy.sum())
             if working <= SPARSE_BELOW * copy.numel():
                 return self.skipping_cell(t, l, h_prev, c_prev, z_prev, above, below, z_in, copy)
+
+        if sparse and not self.keep:
+            s = self.sparse_inputs(t, l, h_prev, z_prev, above, below, z_in)
+            if s is not None:
+                out = (self.A[l][k], self.C[l][k], self.TC[l][k], self.Hs[l][t])
+                z_new = _cell_forward(spec, l, s, c_prev, h_prev, flush, z_in, out)
+                return out[3], out[1], z_new
 
         X = self.X[l][k]
         X[:, :H].copy_(h_prev)
@@ -324,6 +342,31 @@ class Loop:
         out = (self.A[l][k], self.C[l][k], self.TC[l][k], self.Hs[l][t])
         z_new = _cell_forward(spec, l, s, c_prev, h_prev, flush, z_in, out)
         return out[3], out[1], z_new
+
+    def sparse_inputs(self, t, l, h_prev, z_prev, above, below, z_in) -> Tensor | None:
+        """Without autograd: s with the gated top-down and bottom-up blocks multiplied only for
+        the rows whose gate is open, or None when every gate is open on most rows (then one
+        multiply over the concatenated inputs is faster)."""
+        H, B = self.spec.H, h_prev.size(0)
+        gated = []  # (block, input, gate, open rows)
+        if above is not None:
+            gated.append((1, above, z_prev, (z_prev != 0).squeeze(1)))
+        if below is not None:
+            gated.append((len(gated) + 1, below, z_in, (z_in != 0).squeeze(1)))
+        counts = [int(o.sum()) for *_, o in gated]
+        if all(n > SPARSE_BELOW * B for n in counts):
+            return None
+        mm = self.mm[l]
+        add = self.bottom_up[t] if l == 0 else None
+        s = mm.block(0, H).forward(h_prev, self.biases[l], add=add)
+        for (k, x, gate, is_open), n in zip(gated, counts, strict=True):
+            if n > SPARSE_BELOW * B:
+                s = s + mm.block(k, H).forward(x * gate)
+            elif n:
+                rows = is_open.nonzero().squeeze(1)
+                part = x.index_select(0, rows) * gate.index_select(0, rows)
+                s.index_add_(0, rows, mm.block(k, H).forward(part))
+        return s
 
     def skipping_cell(self, t, l, h_prev, c_prev, z_prev, above, below, z_in, copy):
         """:meth:`cell` for the rows that do not COPY only (layers above the first).
@@ -505,7 +548,7 @@ def fused_forward(
     Returns output (T, B, K, H), h (K, B, H), c (K, B, H), z (K, B), boundaries (T, B, K).
     """
     T, B, _ = input.shape
-    spec = Spec(rnn, rnn.training)
+    spec = Spec(rnn, rnn.training, input.device)
     if imposed is not None:
         imposed = imposed.to(input.dtype)
     if torch.is_grad_enabled():

@@ -1,4 +1,6 @@
-"""Without autograd the HM-LSTM skips COPY rows and gated-off inputs: equal to the dense path."""
+"""Without autograd the HM-LSTM skips COPY rows and gated-off inputs: equal to the dense path.
+
+(Training with imposed boundaries skips COPY rows too: tests/core/test_fused.py.)"""
 
 from __future__ import annotations
 
@@ -7,7 +9,7 @@ import itertools
 import pytest
 import torch
 
-from hmrnn.core import HMLSTM, HMLSTMState
+from hmrnn.core import HMLSTM, HMLSTMState, fused
 
 T, B, H_IN, H = 30, 40, 6, 8
 
@@ -26,7 +28,23 @@ def nested_boundaries(rates: tuple[float, ...], K: int, seed: int = 0) -> torch.
     ("boundary", "top_layer_boundary", "num_layers"),
     list(itertools.product(["step", "bernoulli", "soft"], [False, True], [1, 2, 3])),
 )
-def test_skipping_equals_dense(boundary: str, top_layer_boundary: bool, num_layers: int) -> None:
+def test_skipping_equals_dense(
+    boundary: str, top_layer_boundary: bool, num_layers: int, monkeypatch
+) -> None:
+    used = {"split": 0, "skip": 0}
+    split, skip = fused.Loop.sparse_inputs, fused.Loop.skipping_cell
+
+    def counted_split(self, *args):
+        s = split(self, *args)
+        used["split"] += s is not None
+        return s
+
+    def counted_skip(self, *args):
+        used["skip"] += 1
+        return skip(self, *args)
+
+    monkeypatch.setattr(fused.Loop, "sparse_inputs", counted_split)
+    monkeypatch.setattr(fused.Loop, "skipping_cell", counted_skip)
     torch.manual_seed(0)
     rnn = (
         HMLSTM(H_IN, H, num_layers, boundary=boundary, top_layer_boundary=top_layer_boundary)
@@ -57,6 +75,9 @@ def test_skipping_equals_dense(boundary: str, top_layer_boundary: bool, num_laye
     if num_layers > 1:
         copy_share = 1 - (dense[2][:, :, 0]).mean()
         assert copy_share > 0.5, "the test must exercise the skipping path"
+        assert used["skip"] > 0, "the test must exercise the row skipping"
+        if boundary != "soft":  # soft gates are rarely exactly 0
+            assert used["split"] > 0, "the test must exercise the gated-input split"
 
 
 def test_bernoulli_training_without_autograd_draws_like_the_dense_path() -> None:
