@@ -14,16 +14,16 @@ does), which makes layer l+1 active on about that fraction; without it the detec
 path layer norm takes) to show what the hand-written loop gains.
 
 Memory (training): the peak memory of one training step above what the process held before it.
-On CPU it is measured in a fresh subprocess per model as the growth of the resident set's
-high-water mark (``ru_maxrss``) over the first step, so it includes everything the step
-allocates (activations, gradients, workspaces); on CUDA, ``torch.cuda.max_memory_allocated``.
+On CPU it is measured in a fresh subprocess per model (Linux) as the resident set's high-water
+mark during the first step (VmHWM, reset before it) less the resident set before it, so it
+includes everything the step allocates (activations, gradients, workspaces); on CUDA,
+``torch.cuda.max_memory_allocated``.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import resource
 import subprocess
 import sys
 import time
@@ -93,10 +93,22 @@ def memory_child(spec: dict) -> None:
     torch.manual_seed(0)
     models, x, bounds = build(spec["name"], spec["H"], spec["B"], spec, torch.device("cpu"))
     run = make_runner(spec["name"], models[spec["name"]], x, bounds)
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    # Linux keeps the parent's high-water mark across exec: reset it (clear_refs 5), then
+    # compare the new high-water mark (VmHWM) with the resident set before the step
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")
+    before = proc_status_kb("VmRSS")
     run().sum().backward()
-    after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    print((after - before) / 1024)
+    print((proc_status_kb("VmHWM") - before) / 1024)
+
+
+def proc_status_kb(field: str) -> int:
+    """A field of /proc/self/status in kB (Linux)."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    raise RuntimeError(f"/proc/self/status has no {field}")
 
 
 def build(names, H: int, B: int, spec: dict, device: torch.device):

@@ -98,10 +98,11 @@ def test_falls_back_to_torch_gemm_when_the_private_ops_fail(monkeypatch) -> None
         raise RuntimeError("no such op in this torch build")
 
     monkeypatch.setattr(torch.ops.mkldnn, "_reorder_linear_weight", broken)
+    monkeypatch.setattr(fused, "USE_ONEDNN", True)  # restored after the test
     step = fused.StepMatmul(rnn._step_weight(1), B)
     x = torch.randn(B, step.wt.size(0))
     torch.testing.assert_close(step.forward(x), x @ step.wt)
-    assert not step.onednn
+    assert not step.onednn and not fused.USE_ONEDNN
     got, got_grads = outputs_and_grads(rnn, True)
     for a, b in zip(got, want, strict=True):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
