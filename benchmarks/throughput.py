@@ -11,7 +11,8 @@ forward pass under ``torch.no_grad``. ``--rates`` imposes the boundaries: each l
 on a fraction ``rates[l+1]`` of the steps (nested, so a layer fires only where the one below
 does), which makes layer l+1 active on about that fraction; without it the detectors decide.
 ``--autograd`` adds the HM-LSTM built from autograd operations (``HMLSTM.fused = False``, the
-path layer norm takes) to show what the hand-written loop gains.
+path layer norm takes) to show what the hand-written loop gains; ``--layer-norm`` adds the
+HM-LSTM with layer norm (``layer_norm``).
 
 Memory (training): the peak memory of one training step above what the process held before it.
 On CPU it is measured in a fresh subprocess per model (Linux) as the resident set's high-water
@@ -124,7 +125,7 @@ def build(names, H: int, B: int, spec: dict, device: torch.device):
         if name == "nn.LSTM":
             models[name] = nn.LSTM(H_in, H, K)
         else:
-            models[name] = HMLSTM(H_in, H, K)
+            models[name] = HMLSTM(H_in, H, K, layer_norm=name == "layer_norm")
             models[name].fused = name != "autograd"
         models[name].to(device)
     return models, x, bounds
@@ -144,6 +145,8 @@ def measure(args: argparse.Namespace, H: int, B: int, device: torch.device) -> l
     names = ["nn.LSTM", "hmlstm"]
     if args.autograd:
         names.append("autograd")
+    if args.layer_norm:
+        names.append("layer_norm")
     if args.reference:
         names.append("reference")
     models, x, bounds = build(names, H, B, vars(args), device)
@@ -207,10 +210,9 @@ def table(rows: list[dict]) -> str:
         )
         if has_peak:
             base = lstm_mb.get(key(r))
-            if "peak_mb" in r and base:
-                line += f" {r['peak_mb']:.0f} | {r['peak_mb'] / base:.2f}x |"
-            else:
-                line += " | |"
+            peak = f" {r['peak_mb']:.0f} |" if "peak_mb" in r else " |"
+            ratio = f" {r['peak_mb'] / base:.2f}x |" if "peak_mb" in r and base else " |"
+            line += peak + ratio
         lines.append(line)
     return "\n".join(lines)
 
@@ -233,6 +235,9 @@ def main() -> None:
     parser.add_argument("--reference", action="store_true", help="also time the reference")
     parser.add_argument(
         "--autograd", action="store_true", help="also time the HM-LSTM built from autograd ops"
+    )
+    parser.add_argument(
+        "--layer-norm", action="store_true", help="also time the HM-LSTM with layer norm"
     )
     parser.add_argument(
         "--memory", action="store_true", help="measure each training step's peak memory (CPU)"
@@ -266,7 +271,8 @@ def main() -> None:
     for H in args.hidden:
         for B in args.batch:
             rows += measure(args, H, B, device)
-            per_size = len(args.mode) * (2 + int(args.reference) + int(args.autograd))
+            extra = int(args.reference) + int(args.autograd) + int(args.layer_norm)
+            per_size = len(args.mode) * (2 + extra)
             print(table(rows[-per_size:]), flush=True)
     text = f"{header}\n\n{table(rows)}\n"
     print("\n" + text)

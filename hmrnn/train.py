@@ -224,10 +224,12 @@ def summarise(
 ) -> dict[str, Any]:
     """results.json's content: metrics, reference rates, boundaries, config, provenance."""
     best = parts["checkpoint"].best_model_score
+    monitor = parts["checkpoint"].monitor  # val/bpc, or val/ll for handwriting
     results: dict[str, Any] = {
         "run_name": config.run_name,
         "metrics": metrics,
-        "best_val_bpc": None if best is None else float(best),
+        "monitor": monitor,
+        "best_" + monitor.replace("/", "_"): None if best is None else float(best),
         "best_checkpoint": parts["checkpoint"].best_model_path,
         "parameters": module.num_parameters(),
         "train_chars_per_sec": parts["throughput"].mean_chars_per_sec,

@@ -87,6 +87,7 @@ def test_run_writes_config_checkpoints_logs_and_results(finished_run: Path) -> N
     results = json.loads((run / "results.json").read_text())
     metrics = results["metrics"]
     assert 1.0 < metrics["test/bpc"] < 4.6  # between the entropy rate and uniform over 28
+    assert results["monitor"] == "val/bpc"
     assert results["best_val_bpc"] == pytest.approx(min_val_bpc(csv), abs=1e-6)
     assert results["parameters"] > 10_000 and results["global_step"] == 60
     assert results["config"]["model"]["hidden_size"] == 32
@@ -230,6 +231,8 @@ def test_handwriting_run_end_to_end(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr[-3000:]
     results = json.loads((tmp_path / "hw" / "results.json").read_text())
     assert results["metrics"]["test/ll"] < 0 and "val/ll" in results["metrics"]
+    assert results["monitor"] == "val/ll" and "best_val_bpc" not in results
+    assert results["best_val_ll"] == pytest.approx(results["metrics"]["val/ll"], abs=1e-4)
     module = LitHandwriting.load_from_checkpoint(tmp_path / "hw" / "checkpoints" / "best.ckpt")
     assert len(module.hparams.mean) == 2 and module.hparams.std[0] > 0
     # sampling draws to PNG and SVG, reproducibly for a seed
