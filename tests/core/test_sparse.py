@@ -43,6 +43,7 @@ def test_skipping_equals_dense(
         used["skip"] += 1
         return skip(self, *args)
 
+    monkeypatch.setattr(fused, "SPARSE_MIN_WEIGHT", 0)  # skip at this tiny size too
     monkeypatch.setattr(fused.Loop, "sparse_inputs", counted_split)
     monkeypatch.setattr(fused.Loop, "skipping_cell", counted_skip)
     torch.manual_seed(0)
@@ -80,7 +81,8 @@ def test_skipping_equals_dense(
             assert used["split"] > 0, "the test must exercise the gated-input split"
 
 
-def test_bernoulli_training_without_autograd_draws_like_the_dense_path() -> None:
+def test_bernoulli_training_without_autograd_draws_like_the_dense_path(monkeypatch) -> None:
+    monkeypatch.setattr(fused, "SPARSE_MIN_WEIGHT", 0)
     torch.manual_seed(0)
     rnn = HMLSTM(H_IN, H, 3, boundary="bernoulli").double().train()
     x = torch.randn(T, B, H_IN).double()
@@ -93,3 +95,14 @@ def test_bernoulli_training_without_autograd_draws_like_the_dense_path() -> None
         sparse = rnn(x)
     assert torch.equal(sparse[2], dense[2])
     torch.testing.assert_close(sparse[0], dense[0], rtol=0, atol=0)
+
+
+def test_small_layers_do_not_skip(monkeypatch) -> None:
+    """Below SPARSE_MIN_WEIGHT the gather and scatter cost more than they save: dense steps."""
+    calls = []
+    monkeypatch.setattr(fused.Loop, "skipping_cell", lambda self, *a: calls.append(1))
+    monkeypatch.setattr(fused.Loop, "sparse_inputs", lambda self, *a: calls.append(1))
+    rnn = HMLSTM(H_IN, H, 3).eval()
+    with torch.no_grad():
+        rnn(torch.randn(T, B, H_IN), None, nested_boundaries((0.3, 0.1), 3).float())
+    assert not calls
