@@ -17,6 +17,10 @@ COPY / UPDATE / FLUSH are masks, never branches:
 
 which is the product form ``flush*(i*g) + update*(f*c + i*g) + copy*c`` rearranged using
 ``flush + update + copy = 1``. A COPY row (copy = 1) leaves h and c bit-identical.
+
+Without layer norm :meth:`HMLSTM.forward` runs the same equations through the hand-written loop
+of :mod:`hmrnn.core.fused` (its own backward through time, COPY skipping); the autograd
+implementation in this module serves layer norm and ``HMLSTM.fused = False``.
 """
 
 from __future__ import annotations
@@ -128,7 +132,9 @@ class HMLSTM(nn.Module):
         self.grad_through_ops = grad_through_ops
         self.batch_first = batch_first
         self.fused = True  # without layer norm, run the hand-written loop (hmrnn.core.fused)
-        self.skip_copy = True  # and there, without autograd, compute only rows that do not COPY
+        # and there skip the work of COPY rows: in evaluation, and in training with imposed
+        # boundaries (layers with large weights only; hmrnn.core.fused.Loop.sparse_allowed)
+        self.skip_copy = True
         self.register_buffer("slope", torch.tensor(1.0))
 
         H = hidden_size
