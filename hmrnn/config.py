@@ -11,7 +11,7 @@ import difflib
 from dataclasses import dataclass, field, fields, is_dataclass
 from typing import Any
 
-MODEL_NAMES = ("hmlstm", "lstm")
+MODEL_NAMES = ("hmlstm", "soft_gated", "lstm")
 DATA_NAMES = ("synthetic", "ptb", "text8", "enwik8", "iam_ondb")
 BOUNDARIES = ("step", "bernoulli", "soft")
 LOGGER_MODES = ("online", "offline", "disabled")
@@ -24,7 +24,9 @@ class ModelConfig:
     """The network: ``name`` picks the recurrent core, the rest are its constructor arguments."""
 
     name: str = "hmlstm"
-    """``hmlstm`` (the paper's model) or ``lstm`` (stacked torch.nn.LSTM, same output module)."""
+    """``hmlstm`` (the paper's model), ``soft_gated`` (the HM-LSTM with boundaries never
+    discretised, the paper's "soft" row; ``boundary`` must be ``soft``) or ``lstm`` (stacked
+    torch.nn.LSTM, same output module)."""
     hidden_size: int = 512
     """H, the size of every layer."""
     num_layers: int = 3
@@ -41,6 +43,11 @@ class ModelConfig:
     """Give the top layer a boundary detector (not in the paper; HM-LSTM only)."""
     grad_through_ops: bool = True
     """Straight-through gradient also through the COPY/UPDATE/FLUSH masks (HM-LSTM only)."""
+
+    @property
+    def cell(self) -> str:
+        """The recurrent core ``name`` builds: ``hmlstm`` (every HM-LSTM variant) or ``lstm``."""
+        return "lstm" if self.name == "lstm" else "hmlstm"
 
 
 @dataclass
@@ -266,6 +273,11 @@ def validate(config: Config) -> Config:
         raise ConfigError(
             f"regularizer.target_rates needs one rate per detector layer ({n_detectors} for "
             f"model.num_layers={config.model.num_layers}), got {list(reg.target_rates)!r}"
+        )
+    if config.model.name == "soft_gated" and config.model.boundary != "soft":
+        raise ConfigError(
+            f"model=soft_gated needs model.boundary=soft, got {config.model.boundary!r}; "
+            "use model=hmlstm for the step and bernoulli estimators"
         )
     if any(not 0 <= r <= 1 for r in reg.target_rates):
         raise ConfigError(f"regularizer.target_rates must lie in [0, 1], got {reg.target_rates}")

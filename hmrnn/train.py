@@ -176,7 +176,7 @@ def build_trainer(config: Config, run_dir: Path) -> tuple[L.Trainer, dict[str, A
         throughput,
         LearningRateMonitor("step"),
     ]
-    if config.model.name == "hmlstm":
+    if config.model.cell == "hmlstm":
         callbacks.append(SlopeAnnealing(config.slope))
     if t.enable_progress_bar:
         callbacks.append(TQDMProgressBar(refresh_rate=10))
@@ -244,7 +244,7 @@ def summarise(
     if hasattr(dm, "reference_rates"):
         results["reference_rates"] = dm.reference_rates()
     truth = dm.boundaries("test") if hasattr(dm, "boundaries") else {}
-    if truth and config.test and config.model.name == "hmlstm":
+    if truth and config.test and config.model.cell == "hmlstm":
         bpc, bounds, seen = run_split(module.model, dm, "test")
         results["test_bpc_one_process"] = bpc
         results["boundaries"] = boundary_report(bounds, seen, truth)

@@ -25,6 +25,20 @@ def test_group_choice_on_the_command_line_wins_over_the_experiment() -> None:
     assert config.model.name == "lstm"
 
 
+def test_soft_gated_is_the_hmlstm_with_soft_boundaries() -> None:
+    import torch
+
+    from hmrnn.lit.module import LitCharLM
+
+    config, _ = compose(["experiment=demo", "model=soft_gated", "model.hidden_size=16"])
+    assert config.model.name == "soft_gated" and config.model.boundary == "soft"
+    assert config.model.cell == "hmlstm"
+    module = LitCharLM(dataclasses.asdict(config), vocab_size=12)
+    assert module.is_hierarchical and module.model.rnn.boundary == "soft"
+    z = module.model(torch.randint(0, 12, (20, 3)))[3]
+    assert ((z > 0) & (z < 1)).any(), "soft boundaries take values between 0 and 1"
+
+
 def test_config_round_trips_through_a_dict() -> None:
     config, _ = compose(["experiment=demo", "logger.tags=[a,b]"])
     again = from_dict(Config, dataclasses.asdict(config))
@@ -49,6 +63,7 @@ def test_config_round_trips_through_a_dict() -> None:
         (["data.batch_size=0"], r"data.batch_size must be positive"),
         (["hidden_size"], r"not of the form key=value"),
         (["regularizer.weight=1.0"], r"regularizer.target_rates needs one rate per detector layer"),
+        (["model=soft_gated", "model.boundary=step"], r"model=soft_gated needs model.boundary"),
     ],
 )
 def test_bad_settings_fail_with_one_clear_sentence(argv: list[str], message: str) -> None:

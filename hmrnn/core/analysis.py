@@ -44,9 +44,11 @@ def boundary_scores(predicted: Tensor, true: Tensor, tolerance: int = 0) -> dict
     A predicted boundary at t is correct if a true boundary lies within ``tolerance`` steps of
     it; each true boundary is recalled if a predicted one lies within ``tolerance`` steps.
 
-    Shape: predicted and true are (N,) boolean (or 0/1) tensors over the same positions.
+    Shape: predicted and true are (N,) tensors over the same positions: boolean, 0/1, or for
+    ``predicted`` boundary values in [0, 1], read as boundaries where above 0.5 (soft
+    boundaries as the step rule would discretise them).
     """
-    pred = predicted.bool().flatten()
+    pred = (predicted.float() > 0.5).flatten()
     gold = true.bool().flatten()
     if pred.shape != gold.shape:
         raise ValueError(f"predicted {tuple(pred.shape)} and true {tuple(gold.shape)} differ")

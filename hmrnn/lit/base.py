@@ -19,7 +19,7 @@ def rnn_options(config: Config) -> dict[str, Any]:
     """Keyword options of the recurrent core that ``model.name`` picks."""
     m = config.model
     options: dict[str, Any] = {"layer_norm": m.layer_norm}
-    if m.name == "hmlstm":
+    if m.cell == "hmlstm":
         options |= {
             "boundary": m.boundary,
             "top_layer_boundary": m.top_layer_boundary,
@@ -44,7 +44,7 @@ class LitBase(L.LightningModule):
 
     @property
     def is_hierarchical(self) -> bool:
-        return self.config.model.name == "hmlstm"
+        return self.config.model.cell == "hmlstm"
 
     def num_parameters(self) -> int:
         return count_parameters(self.model)

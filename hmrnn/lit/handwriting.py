@@ -31,7 +31,7 @@ class LitHandwriting(LitBase):
         self.save_hyperparameters()
         m = self.config.model
         self.model = HandwritingModel(
-            m.hidden_size, m.num_layers, m.output_size, cell=m.name, **rnn_options(self.config)
+            m.hidden_size, m.num_layers, m.output_size, cell=m.cell, **rnn_options(self.config)
         )
         self.ll_metrics = torch.nn.ModuleDict(
             {f"{s}_": SequenceLogLikelihood() for s in SPLIT_NAMES}

@@ -28,7 +28,7 @@ def build_model(config: Config, vocab_size: int) -> CharLM:
         m.num_layers,
         m.embedding_dim,
         m.output_size,
-        cell=m.name,
+        cell=m.cell,
         **rnn_options(config),
     )
 

@@ -31,3 +31,10 @@ def test_boundary_scores_with_and_without_tolerance() -> None:
     assert (s1["precision"], s1["recall"]) == (1.0, 1 / 3)
     none = boundary_scores(torch.zeros(10, dtype=torch.bool), true)
     assert none == {"precision": 0.0, "recall": 0.0, "f1": 0.0, "rate": 0.0}
+
+
+def test_soft_boundaries_count_where_above_one_half() -> None:
+    soft = torch.tensor([0.1, 0.9, 0.4, 0.6, 0.0])
+    true = torch.tensor([0, 1, 1, 0, 0])
+    scores = boundary_scores(soft, true)
+    assert scores["precision"] == 0.5 and scores["recall"] == 0.5
