@@ -96,6 +96,11 @@ class HMLSTM(nn.Module):
         state: :class:`HMLSTMState` after the last step.
         boundaries: (T, B, K), z_t^l as used; column K-1 is zero unless ``top_layer_boundary``.
 
+    Attributes (plain, not saved): ``fused`` (default True) runs the hand-written loop of
+    :mod:`hmrnn.core.fused` when layer norm is off; ``skip_copy`` (default True) lets that loop
+    skip the work of COPY rows (CPU, evaluation, and training with imposed boundaries). Both
+    change results only by rounding.
+
     Parameters (per layer l, G = 4H+1 rows with a detector, 4H without; rows are i, f, g, o, z):
         weight_ih_l{l}: (G, H_in or H) bottom-up;  weight_hh_l{l}: (G, H) recurrent;
         weight_td_l{l}: (G, H) top-down, all but the top layer;  bias_l{l}: (G,).
