@@ -289,6 +289,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any] | None:
     else:
         module = LitCharLM(dataclasses.asdict(config), len(dm.vocab), list(dm.vocab.symbols))
     trainer, parts = build_trainer(config, run_dir)
+    for logger in trainer.loggers:  # so that ablations compare at equal size (W&B config, CSV)
+        logger.log_hyperparams({"parameters": module.num_parameters()})
     if trainer.is_global_zero:
         resolved = OmegaConf.to_yaml(OmegaConf.structured(config))
         print(f"run folder: {run_dir}\n{resolved}", flush=True)

@@ -88,6 +88,8 @@ def test_run_writes_config_checkpoints_logs_and_results(finished_run: Path) -> N
     metrics = results["metrics"]
     assert 1.0 < metrics["test/bpc"] < 4.6  # between the entropy rate and uniform over 28
     assert results["monitor"] == "val/bpc"
+    hparams = (finished_run / "csv" / "hparams.yaml").read_text()
+    assert f"parameters: {results['parameters']}" in hparams  # logged for size comparisons
     assert results["best_val_bpc"] == pytest.approx(min_val_bpc(csv), abs=1e-6)
     assert results["parameters"] > 10_000 and results["global_step"] == 60
     assert results["config"]["model"]["hidden_size"] == 32
