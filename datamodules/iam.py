@@ -793,23 +793,7 @@ class IAMOnDBDataModule(DataFolders, L.LightningDataModule):
         self.notes = list(manifest.get("notes", []))
         return sets, info
 
-    def load(self) -> tuple[dict[str, SequenceSet], dict[str, Any]]:
-        """The three splits and the statistics, from the cache (built first when needed)."""
-        result, self._built = self._built, None
-        if result is None:
-            result = self._read_cache()
-        if result is None:
-            result = self.build()
-            self._built = None
-        for note in self.notes:
-            log.warning("%s: %s", self.NAME, note)
-        return result
-
     # -- Lightning
-    def prepare_data(self) -> None:
-        if not self.cache_is_valid():
-            self.build()
-
     def setup(self, stage: str | None = None) -> None:
         if not self.sequences:
             self.sequences, self.info = self.load()

@@ -265,6 +265,29 @@ class DataFolders:
     def manifest_path(self) -> Path:
         return self.cache_dir / "manifest.json"
 
+    # A data set's cache: subclasses provide ``cache_is_valid()``, ``build()`` (which writes the
+    # cache and keeps its result in ``_built`` for the next ``load()``), ``_read_cache()`` (None
+    # when absent or unreadable) and ``notes`` (warnings recorded with the cache).
+    _built: Any = None
+    notes: list[str]
+
+    def prepare_data(self) -> None:
+        """Build the cache once (Lightning calls this on one process per node)."""
+        if not self.cache_is_valid():  # type: ignore[attr-defined]
+            self.build()  # type: ignore[attr-defined]
+
+    def load(self) -> Any:
+        """The data set from its cache, built first when needed; the cache's notes are logged."""
+        result, self._built = self._built, None
+        if result is None:
+            result = self._read_cache()  # type: ignore[attr-defined]
+        if result is None:
+            result = self.build()  # type: ignore[attr-defined]
+            self._built = None
+        for note in self.notes:
+            log.warning("%s: %s", self.NAME, note)
+        return result
+
     def matching_manifest(
         self, sources: list[Path] | None, same_source: Callable[[dict[str, Any], Path], bool]
     ) -> dict[str, Any] | None:

@@ -177,22 +177,6 @@ class TextDataModule(DataFolders, CharStreamDataModule):
         of the cache: :meth:`load` checks the digests)."""
         return self._manifest(self.source_paths()) is not None
 
-    # -- Lightning
-    def prepare_data(self) -> None:
-        if not self.cache_is_valid():
-            self.build()
-
-    def load(self) -> tuple[dict[str, np.ndarray], Vocabulary]:
-        result, self._built = self._built, None
-        if result is None:
-            result = self._read_cache()
-        if result is None:
-            result = self.build()
-            self._built = None
-        for note in self.notes:
-            log.warning("%s: %s", self.NAME, note)
-        return result
-
     def _local_file(self, names: tuple[str, ...]) -> Path:
         """``local_dir`` itself when it is a file, else the first of ``names`` in it."""
         folder = self.local_dir

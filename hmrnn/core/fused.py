@@ -418,8 +418,7 @@ class Loop:
             parts.append(pick(below) * zin_w)
             X = torch.cat(parts, dim=1)
             s = self.mm[l].forward(X, self.biases[l])
-            out = (torch.empty_like(s), torch.empty_like(c_w), torch.empty_like(c_w))
-            out = (*out, torch.empty_like(c_w))
+            out = (torch.empty_like(s), *(torch.empty_like(c_w) for _ in range(3)))
             flush = z_w if spec.detector[l] else None
             z_rows = _cell_forward(spec, l, s, c_w, h_w, flush, zin_w, out)
             A, c_rows, tc_rows, h_rows = out
