@@ -195,6 +195,18 @@ class CharStreamDataModule(L.LightningDataModule):
         """True boundaries of a split by name (e.g. ``word``), bool arrays over the stream."""
         return {}
 
+    def delimiter_ids(self) -> list[int]:
+        """Ids of the symbols that separate words (what ``model=fixed_boundary`` counts with
+        ``model.fixed_source=delimiter``); empty where the data set has none."""
+        return []
+
+    def symbol_ids(self, symbols: str | list[str]) -> list[int]:
+        """Ids of those of ``symbols`` that are in the vocabulary."""
+        self.setup()
+        assert self.vocab is not None
+        index = {s: i for i, s in enumerate(self.vocab.symbols)}
+        return [index[s] for s in symbols if s in index]
+
     # -- Lightning
     def setup(self, stage: str | None = None) -> None:
         if not self.tokens:

@@ -574,6 +574,9 @@ class SyntheticDataModule(CharStreamDataModule):
         vocab = Vocabulary(tuple(self.source.alphabet))
         return {name: vocab.encode(t.text) for name, t in self.texts.items()}, vocab
 
+    def delimiter_ids(self) -> list[int]:
+        return self.symbol_ids([WORD_SEP, PHRASE_END])
+
     def boundaries(self, split: str) -> dict[str, np.ndarray]:
         self.setup()
         text = self.texts[split]

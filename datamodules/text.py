@@ -350,14 +350,14 @@ class PTBCharDataModule(TextDataModule):
         ids = {s: np.searchsorted(alphabet, v).astype(np.uint8) for s, v in symbols.items()}
         return ids, vocab
 
+    def delimiter_ids(self) -> list[int]:
+        return self.symbol_ids([self.EOL, self.WORD])
+
     def boundaries(self, split: str) -> dict[str, np.ndarray]:
         self.setup()
-        assert self.vocab is not None
         tokens = self.tokens[split]
-        index = {s: i for i, s in enumerate(self.vocab.symbols)}
-        eol = index[self.EOL]
-        separators = [eol] + ([index[self.WORD]] if self.WORD in index else [])
-        return {"word": _ends_before(tokens, separators), "line": tokens == eol}
+        (eol,) = self.symbol_ids([self.EOL])
+        return {"word": _ends_before(tokens, self.delimiter_ids()), "line": tokens == eol}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -469,9 +469,12 @@ class Text8DataModule(_SplitFileDataModule):
             )
         return self.split(path, ids), Vocabulary(tuple(self.ALPHABET))
 
+    def delimiter_ids(self) -> list[int]:
+        return self.symbol_ids(" ")
+
     def boundaries(self, split: str) -> dict[str, np.ndarray]:
         self.setup()
-        return {"word": _ends_before(self.tokens[split], [0])}  # id 0 is the space
+        return {"word": _ends_before(self.tokens[split], self.delimiter_ids())}
 
 
 class Enwik8DataModule(_SplitFileDataModule):
@@ -507,12 +510,12 @@ class Enwik8DataModule(_SplitFileDataModule):
         assert self.vocab is not None
         return self.vocab.decode(ids).encode("latin-1")
 
+    def delimiter_ids(self) -> list[int]:
+        return self.symbol_ids([chr(b) for b in self.WHITESPACE])
+
     def boundaries(self, split: str) -> dict[str, np.ndarray]:
         self.setup()
-        assert self.vocab is not None
-        index = {s: i for i, s in enumerate(self.vocab.symbols)}
-        separators = [index[chr(b)] for b in self.WHITESPACE if chr(b) in index]
-        return {"word": _ends_before(self.tokens[split], separators)}
+        return {"word": _ends_before(self.tokens[split], self.delimiter_ids())}
 
 
 __all__ = ["Enwik8DataModule", "PTBCharDataModule", "Text8DataModule", "TextDataModule"]

@@ -11,7 +11,8 @@ import difflib
 from dataclasses import dataclass, field, fields, is_dataclass
 from typing import Any
 
-MODEL_NAMES = ("hmlstm", "soft_gated", "lstm")
+MODEL_NAMES = ("hmlstm", "soft_gated", "fixed_boundary", "lstm")
+FIXED_SOURCES = ("periodic", "delimiter")
 DATA_NAMES = ("synthetic", "ptb", "text8", "enwik8", "iam_ondb")
 BOUNDARIES = ("step", "bernoulli", "soft")
 LOGGER_MODES = ("online", "offline", "disabled")
@@ -25,8 +26,9 @@ class ModelConfig:
 
     name: str = "hmlstm"
     """``hmlstm`` (the paper's model), ``soft_gated`` (the HM-LSTM with boundaries never
-    discretised, the paper's "soft" row; ``boundary`` must be ``soft``) or ``lstm`` (stacked
-    torch.nn.LSTM, same output module)."""
+    discretised, the paper's "soft" row; ``boundary`` must be ``soft``), ``fixed_boundary`` (the
+    HM-LSTM with boundaries imposed by ``fixed_source`` / ``fixed_periods``, not learned) or
+    ``lstm`` (stacked torch.nn.LSTM, same output module)."""
     hidden_size: int = 512
     """H, the size of every layer."""
     num_layers: int = 3
@@ -43,6 +45,18 @@ class ModelConfig:
     """Give the top layer a boundary detector (not in the paper; HM-LSTM only)."""
     grad_through_ops: bool = True
     """Straight-through gradient also through the COPY/UPDATE/FLUSH masks (HM-LSTM only)."""
+    fixed_source: str = "delimiter"
+    """``fixed_boundary`` only: what layer 1 counts, ``periodic`` (every step, clockwork-like)
+    or ``delimiter`` (the data's word separators: space, ``_`` or end of line for text, pen-up
+    for handwriting)."""
+    fixed_periods: list[int] = field(default_factory=lambda: [1, 4])
+    """``fixed_boundary`` only: one period per detector layer; layer l fires on every
+    ``fixed_periods[l]``-th event of its base (layer 1: ``fixed_source``; layer l > 1: layer
+    l-1's firings). ``[1, 4]`` by delimiter: every word end, every fourth word end."""
+    match_parameters: bool = False
+    """For ``lstm``: use the largest hidden size whose model has no more parameters than the
+    HM-LSTM of ``hidden_size`` (comparisons at equal size; the size used is saved in the run's
+    config). The HM-LSTM variants are the reference and ignore it, so one sweep can set it."""
 
     @property
     def cell(self) -> str:
@@ -202,6 +216,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "data.iam_split": ("random", "official"),
     "model.name": MODEL_NAMES,
     "model.boundary": BOUNDARIES,
+    "model.fixed_source": FIXED_SOURCES,
     "data.name": DATA_NAMES,
     "logger.mode": LOGGER_MODES,
     "trainer.accelerator": ACCELERATORS,
@@ -279,6 +294,13 @@ def validate(config: Config) -> Config:
             f"model=soft_gated needs model.boundary=soft, got {config.model.boundary!r}; "
             "use model=hmlstm for the step and bernoulli estimators"
         )
+    if config.model.name == "fixed_boundary":
+        periods = list(config.model.fixed_periods)
+        if len(periods) != n_detectors or any(p < 1 for p in periods):
+            raise ConfigError(
+                f"model.fixed_periods needs one period >= 1 per detector layer ({n_detectors} "
+                f"for model.num_layers={config.model.num_layers}), got {periods!r}"
+            )
     if any(not 0 <= r <= 1 for r in reg.target_rates):
         raise ConfigError(f"regularizer.target_rates must lie in [0, 1], got {reg.target_rates}")
     return config

@@ -97,19 +97,32 @@ def load_config(argv: list[str]) -> tuple[Config, DictConfig, Path | None]:
     return config, cfg, ckpt
 
 
+def sweep_run_id() -> str:
+    """The W&B run id a sweep agent (``wandb agent`` or ``python -m hmrnn.sweep``) assigned to
+    this process through ``WANDB_SWEEP_ID`` / ``WANDB_RUN_ID``; empty outside a sweep."""
+    if os.environ.get("WANDB_SWEEP_ID"):
+        return os.environ.get("WANDB_RUN_ID", "")
+    return ""
+
+
+def default_run_name(config: Config, stamp: str) -> str:
+    return f"{config.experiment or 'run'}-{config.model.name}-{stamp}"
+
+
 def run_folder(config: Config) -> Path:
-    """``out_dir/run_name``; an empty run_name becomes ``<experiment>-<model>-<date>-<time>``.
+    """``out_dir/run_name``; an empty run_name becomes ``<experiment>-<model>-<stamp>``, the
+    stamp being the sweep's run id, the SLURM job id or the date and time.
 
     Every DDP rank must agree on it: the name chosen is exported as ``HMRNN_RUN_NAME``, which the
-    processes Lightning launches inherit; under SLURM the job id replaces the time.
+    processes Lightning launches inherit.
     """
     if not config.run_name:
-        stamp = os.environ.get("HMRNN_RUN_NAME")
-        if not stamp:
+        name = os.environ.get("HMRNN_RUN_NAME")
+        if not name:
             job = os.environ.get("SLURM_JOB_ID")
             when = f"slurm{job}" if job else datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
-            stamp = f"{config.experiment or 'run'}-{config.model.name}-{when}"
-        config.run_name = stamp
+            name = default_run_name(config, sweep_run_id() or when)
+        config.run_name = name
     os.environ["HMRNN_RUN_NAME"] = config.run_name
     return Path(config.out_dir) / config.run_name
 
@@ -152,7 +165,8 @@ def build_trainer(config: Config, run_dir: Path) -> tuple[L.Trainer, dict[str, A
                 project=config.logger.project,
                 entity=config.logger.entity or None,
                 name=config.run_name,
-                id=config.run_name.replace("/", "-")[-64:],
+                # in a sweep the agent's run id, so the run is the one the sweep proposed
+                id=sweep_run_id() or config.run_name.replace("/", "-")[-64:],
                 tags=list(config.logger.tags) or None,
                 mode=config.logger.mode,
                 resume="allow",
@@ -207,6 +221,39 @@ def build_trainer(config: Config, run_dir: Path) -> tuple[L.Trainer, dict[str, A
 def lit_class(config: Config) -> type[LitCharLM] | type[LitHandwriting]:
     """The LightningModule of a data set: handwriting for IAM-OnDB, the character LM else."""
     return LitHandwriting if config.data.name == "iam_ondb" else LitCharLM
+
+
+def build_module(config: Config, dm: Any) -> LitBase:
+    """The LightningModule of a run, its network sized and wired for the data set ``dm``."""
+    if lit_class(config) is LitHandwriting:
+        mean, std = [float(v) for v in dm.mean], [float(v) for v in dm.std]
+        return LitHandwriting(dataclasses.asdict(config), mean, std)
+    delimiters = dm.delimiter_ids()
+    m = config.model
+    if m.name == "fixed_boundary" and m.fixed_source == "delimiter" and not delimiters:
+        raise ConfigError(
+            f"model.fixed_source=delimiter: data={config.data.name} has no word delimiter; "
+            "use model.fixed_source=periodic"
+        )
+    vocab = list(dm.vocab.symbols)
+    return LitCharLM(dataclasses.asdict(config), len(vocab), vocab, delimiters)
+
+
+def match_lstm_size(config: Config, dm: Any) -> int:
+    """The largest LSTM hidden size whose module has no more parameters than the HM-LSTM of
+    ``config.model.hidden_size`` (``model.match_parameters``); built on the meta device."""
+
+    def count(name: str, hidden: int) -> int:
+        model = dataclasses.replace(config.model, name=name, hidden_size=hidden)
+        with torch.device("meta"):
+            return build_module(dataclasses.replace(config, model=model), dm).num_parameters()
+
+    target = count("hmlstm", config.model.hidden_size)
+    low, high = 1, 4 * config.model.hidden_size  # count("lstm", low) <= target < count(high)
+    while high - low > 1:
+        mid = (low + high) // 2
+        low, high = (mid, high) if count("lstm", mid) <= target else (low, mid)
+    return low
 
 
 def scalar_metrics(trainer: L.Trainer) -> dict[str, float]:
@@ -283,11 +330,16 @@ def main(argv: list[str] | None = None) -> dict[str, Any] | None:
     dm.setup()
     # on resume, fit(ckpt_path=...) restores weights, optimiser, loops, loader position, RNG
     lit = lit_class(config)
-    if lit is LitHandwriting:
-        mean, std = [float(v) for v in dm.mean], [float(v) for v in dm.std]
-        module: LitBase = LitHandwriting(dataclasses.asdict(config), mean, std)
-    else:
-        module = LitCharLM(dataclasses.asdict(config), len(dm.vocab), list(dm.vocab.symbols))
+    if config.model.name == "lstm" and config.model.match_parameters and ckpt is None:
+        # a resumed run keeps the size saved in its config
+        matched = match_lstm_size(config, dm)
+        print(
+            f"model.match_parameters: hidden_size {config.model.hidden_size} -> {matched} "
+            "(the LSTM with at most the HM-LSTM's parameters)",
+            flush=True,
+        )
+        config.model.hidden_size = matched
+    module = build_module(config, dm)
     trainer, parts = build_trainer(config, run_dir)
     for logger in trainer.loggers:  # so that ablations compare at equal size (W&B config, CSV)
         logger.log_hyperparams({"parameters": module.num_parameters()})

@@ -39,6 +39,34 @@ def test_soft_gated_is_the_hmlstm_with_soft_boundaries() -> None:
     assert ((z > 0) & (z < 1)).any(), "soft boundaries take values between 0 and 1"
 
 
+def test_fixed_boundary_imposes_counted_boundaries_on_the_hmlstm() -> None:
+    import torch
+
+    from hmrnn.lit.module import LitCharLM
+
+    argv = ["experiment=demo", "model=fixed_boundary", "model.hidden_size=16"]
+    config, _ = compose([*argv, "model.fixed_source=periodic", "model.fixed_periods=[2,3]"])
+    assert config.model.cell == "hmlstm" and config.model.fixed_periods == [2, 3]
+    module = LitCharLM(dataclasses.asdict(config), vocab_size=12)
+    assert module.is_hierarchical
+    z = module.model(torch.randint(0, 12, (12, 2)))[3]
+    assert z[:, 0, 0].tolist() == [0, 1] * 6 and z[:, 0, 1].tolist() == [0] * 5 + [1] + [0] * 5 + [
+        1
+    ]
+    out = module.model(torch.randint(0, 12, (5, 2)))  # the counters' phase is saved and restored
+    module.carried["train"] = out.state
+    checkpoint: dict = {}
+    module.on_save_checkpoint(checkpoint)
+    again = LitCharLM(dataclasses.asdict(config), vocab_size=12)
+    again.on_load_checkpoint(checkpoint)
+    assert type(again.carried["train"]) is type(out.state)
+    assert torch.equal(again.carried["train"].phase, out.state.phase)
+    config, _ = compose(argv)  # the default: by the data's delimiters
+    assert config.model.fixed_source == "delimiter"
+    with pytest.raises(ValueError, match="delimiters"):
+        LitCharLM(dataclasses.asdict(config), vocab_size=12)  # train.py passes the data's ids
+
+
 def test_config_round_trips_through_a_dict() -> None:
     config, _ = compose(["experiment=demo", "logger.tags=[a,b]"])
     again = from_dict(Config, dataclasses.asdict(config))
@@ -64,6 +92,12 @@ def test_config_round_trips_through_a_dict() -> None:
         (["hidden_size"], r"not of the form key=value"),
         (["regularizer.weight=1.0"], r"regularizer.target_rates needs one rate per detector layer"),
         (["model=soft_gated", "model.boundary=step"], r"model=soft_gated needs model.boundary"),
+        (
+            ["model=fixed_boundary", "model.fixed_periods=[1,2,3]"],
+            r"model.fixed_periods needs one period >= 1 per detector layer \(2 for",
+        ),
+        (["model=fixed_boundary", "model.fixed_periods=[0,2]"], r"model.fixed_periods needs"),
+        (["model=fixed_boundary", "model.fixed_source=words"], r"periodic, delimiter"),
     ],
 )
 def test_bad_settings_fail_with_one_clear_sentence(argv: list[str], message: str) -> None:

@@ -11,6 +11,7 @@ from typing import NamedTuple
 import torch
 from torch import Tensor, nn
 
+from hmrnn.core.fixed import FixedBoundaries, FixedState
 from hmrnn.core.hmlstm import HMLSTM, HMLSTMState
 from hmrnn.core.lstm import StackedLSTM
 from hmrnn.core.mdn import MixtureDensityHead, MixtureParams, log_likelihood, sample
@@ -24,7 +25,7 @@ class HandwritingOutput(NamedTuple):
     params: MixtureParams
     point_ll: Tensor | None
     sequence_ll: Tensor | None
-    state: HMLSTMState
+    state: HMLSTMState | FixedState
     boundaries: Tensor
 
 
@@ -37,6 +38,8 @@ class HandwritingModel(nn.Module):
         output_size: E (400 in the paper).
         num_components: M (20).
         cell: ``"hmlstm"`` or ``"lstm"``.
+        fixed: :class:`FixedBoundaries` imposing the boundaries (the fixed-boundary ablation;
+            ``delimiter`` events are the input points with the pen lifted), or None.
         **rnn_options: options of the recurrent core (layer_norm, boundary, ...).
     """
 
@@ -47,9 +50,13 @@ class HandwritingModel(nn.Module):
         output_size: int = 400,
         num_components: int = 20,
         cell: str = "hmlstm",
+        fixed: FixedBoundaries | None = None,
         **rnn_options: object,
     ) -> None:
         super().__init__()
+        if fixed is not None and cell != "hmlstm":
+            raise ValueError("fixed boundaries need cell='hmlstm'")
+        self.fixed = fixed
         if cell == "hmlstm":
             self.rnn: HMLSTM | StackedLSTM = HMLSTM(3, hidden_size, num_layers, **rnn_options)
         elif cell == "lstm":
@@ -65,10 +72,17 @@ class HandwritingModel(nn.Module):
         inputs: Tensor,
         targets: Tensor | None = None,
         mask: Tensor | None = None,
-        state: HMLSTMState | None = None,
+        state: HMLSTMState | FixedState | None = None,
     ) -> HandwritingOutput:
         """Shape: inputs, targets (T, B, 3); mask (T, B) bool, True on real target points."""
-        hidden, state, bounds = self.rnn(inputs, state)
+        imposed = phase = None
+        if self.fixed is not None:  # pen-up inputs are the delimiter events
+            imposed, phase = self.fixed(
+                inputs[..., 2] > 0.5, state.phase if isinstance(state, FixedState) else None
+            )
+        hidden, state, bounds = self.rnn(inputs, state, imposed)
+        if phase is not None:
+            state = FixedState(*state, phase)
         params = self.head(self.output(hidden))
         point_ll = sequence_ll = None
         if targets is not None:
@@ -96,9 +110,9 @@ class HandwritingModel(nn.Module):
         point = torch.zeros(batch_size, 3, device=device) if start is None else start
         state, points, bounds = None, [], []
         for _ in range(num_points):
-            hidden, state, z = self.rnn(point.unsqueeze(0), state)
-            params = self.head(self.output(hidden[0]))
-            point = sample(params, generator, temperature)
+            out = self(point.unsqueeze(0), state=state)
+            state = out.state
+            point = sample(MixtureParams(*(p[0] for p in out.params)), generator, temperature)
             points.append(point)
-            bounds.append(z[0])
+            bounds.append(out.boundaries[0])
         return torch.stack(points), torch.stack(bounds)

@@ -231,10 +231,10 @@ class HMLSTM(nn.Module):
                     f"got {tuple(boundaries.shape)}"
                 )
         if state is not None:
-            if not isinstance(state, tuple) or len(state) != 3:
+            if not isinstance(state, tuple) or len(state) not in (3, 4):  # 4: FixedState
                 raise ValueError("state must be an HMLSTMState(h, c, z) or None")
             wants = {"h": (K, B, H), "c": (K, B, H), "z": (K, B)}
-            for name, tensor in zip(("h", "c", "z"), state, strict=True):
+            for name, tensor in zip(("h", "c", "z"), state[:3], strict=True):
                 if tuple(tensor.shape) != wants[name]:
                     raise ValueError(
                         f"state.{name} must have shape {wants[name]}, got {tuple(tensor.shape)}"
@@ -259,8 +259,7 @@ class HMLSTM(nn.Module):
             boundaries = None if boundaries is None else boundaries.transpose(0, 1)
         T, B, _ = input.shape
         K, H = self.num_layers, self.hidden_size
-        if state is None:
-            state = self.zero_state(B, input)
+        state = self.zero_state(B, input) if state is None else HMLSTMState(*state[:3])
         if self.fused and not self.layer_norm:
             output, h_n, c_n, z_n, bounds = fused_forward(self, input, state, boundaries)
             if self.batch_first:

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from hmrnn.core.fixed import FixedBoundaries, FixedState
 from hmrnn.core.hmlstm import HMLSTM, HMLSTMState
 from hmrnn.core.lstm import StackedLSTM
 from hmrnn.core.output import OutputModule
@@ -24,7 +26,7 @@ class LMOutput(NamedTuple):
 
     logits: Tensor
     loss: Tensor | None
-    state: HMLSTMState
+    state: HMLSTMState | FixedState
     boundaries: Tensor
 
 
@@ -39,11 +41,16 @@ class CharLM(nn.Module):
             non-linearity).
         output_size: E, the output embedding's size.
         cell: ``"hmlstm"`` (the paper's model) or ``"lstm"`` (:class:`StackedLSTM`, the baseline).
+        fixed: :class:`FixedBoundaries` that impose the HM-LSTM's boundaries (the fixed-boundary
+            ablation), or None to learn them.
+        delimiters: the token ids whose input is a ``delimiter`` event for ``fixed`` (the data
+            set's word separators).
         **rnn_options: keyword options of the recurrent core: layer_norm, and for the HM-LSTM
             boundary, top_layer_boundary and grad_through_ops.
 
-    Inputs: tokens (T, B) int64, targets (T, B) or None, state, boundaries (T, B, K) or None.
-    The model is time-major throughout.
+    Inputs: tokens (T, B) int64, targets (T, B) or None, state, boundaries (T, B, K) or None
+    (imposed by the caller; with ``fixed`` the counters impose them and the state carries their
+    phase). The model is time-major throughout.
     """
 
     def __init__(
@@ -54,6 +61,8 @@ class CharLM(nn.Module):
         embedding_dim: int = 128,
         output_size: int | None = None,
         cell: str = "hmlstm",
+        fixed: FixedBoundaries | None = None,
+        delimiters: list[int] | tuple[int, ...] = (),
         **rnn_options: object,
     ) -> None:
         super().__init__()
@@ -72,6 +81,12 @@ class CharLM(nn.Module):
         else:
             raise ValueError(f"cell must be 'hmlstm' or 'lstm', got {cell!r}")
         self.cell = cell
+        if fixed is not None and cell != "hmlstm":
+            raise ValueError("fixed boundaries need cell='hmlstm'")
+        if fixed is not None and fixed.source == "delimiter" and not delimiters:
+            raise ValueError("fixed boundaries by delimiter need the delimiters' token ids")
+        self.fixed = fixed
+        self.register_buffer("delimiters", torch.tensor(list(delimiters), dtype=torch.long))
         self.output = OutputModule(num_layers, hidden_size, output_size)
         self.head = nn.Linear(output_size, vocab_size)
 
@@ -79,12 +94,20 @@ class CharLM(nn.Module):
         self,
         tokens: Tensor,
         targets: Tensor | None = None,
-        state: HMLSTMState | None = None,
+        state: HMLSTMState | FixedState | None = None,
         boundaries: Tensor | None = None,
     ) -> LMOutput:
         if tokens.dim() != 2:
             raise ValueError(f"tokens must be 2-d (T, B), got shape {tuple(tokens.shape)}")
+        phase = None
+        if self.fixed is not None and boundaries is None:
+            events = torch.isin(tokens, self.delimiters)  # (T, B) the input is a delimiter
+            boundaries, phase = self.fixed(
+                events, state.phase if isinstance(state, FixedState) else None
+            )
         hidden, state, bounds = self.rnn(self.embedding(tokens), state, boundaries)
+        if phase is not None:
+            state = FixedState(*state, phase)
         logits = self.head(self.output(hidden))  # (T, B, V)
         loss = None
         if targets is not None:

@@ -10,6 +10,7 @@ import torch
 
 from hmrnn.config import Config, from_dict
 from hmrnn.core import count_parameters
+from hmrnn.core.fixed import FixedBoundaries
 from hmrnn.lit.metrics import BoundaryStats
 
 SPLIT_NAMES = ("train", "val", "test")
@@ -25,7 +26,15 @@ def rnn_options(config: Config) -> dict[str, Any]:
             "top_layer_boundary": m.top_layer_boundary,
             "grad_through_ops": m.grad_through_ops,
         }
-    return options  # each carries its own metrics (and recurrent state)
+    return options
+
+
+def fixed_boundaries(config: Config) -> FixedBoundaries | None:
+    """The counters that impose the boundaries of ``model=fixed_boundary``, else None."""
+    m = config.model
+    if m.name != "fixed_boundary":
+        return None
+    return FixedBoundaries(m.num_layers, list(m.fixed_periods), m.fixed_source)
 
 
 class LitBase(L.LightningModule):

@@ -13,7 +13,7 @@ import torch
 from torch import Tensor
 
 from hmrnn.core.handwriting import HandwritingModel
-from hmrnn.lit.base import SPLIT_NAMES, LitBase, rnn_options
+from hmrnn.lit.base import SPLIT_NAMES, LitBase, fixed_boundaries, rnn_options
 from hmrnn.lit.metrics import SequenceLogLikelihood
 
 
@@ -31,7 +31,12 @@ class LitHandwriting(LitBase):
         self.save_hyperparameters()
         m = self.config.model
         self.model = HandwritingModel(
-            m.hidden_size, m.num_layers, m.output_size, cell=m.cell, **rnn_options(self.config)
+            m.hidden_size,
+            m.num_layers,
+            m.output_size,
+            cell=m.cell,
+            fixed=fixed_boundaries(self.config),
+            **rnn_options(self.config),
         )
         self.ll_metrics = torch.nn.ModuleDict(
             {f"{s}_": SequenceLogLikelihood() for s in SPLIT_NAMES}

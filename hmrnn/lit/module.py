@@ -15,12 +15,14 @@ from torch import Tensor
 
 from hmrnn.config import Config
 from hmrnn.core import CharLM, HMLSTMState
-from hmrnn.lit.base import SPLIT_NAMES, LitBase, detach_state, rnn_options
+from hmrnn.core.fixed import FixedState
+from hmrnn.lit.base import SPLIT_NAMES, LitBase, detach_state, fixed_boundaries, rnn_options
 from hmrnn.lit.metrics import BitsPerChar
 
 
-def build_model(config: Config, vocab_size: int) -> CharLM:
-    """The network a configuration describes."""
+def build_model(config: Config, vocab_size: int, delimiters: list[int] | None = None) -> CharLM:
+    """The network a configuration describes (``delimiters``: the data's word-separator ids,
+    which ``model=fixed_boundary`` with ``fixed_source=delimiter`` counts)."""
     m = config.model
     return CharLM(
         vocab_size,
@@ -29,6 +31,8 @@ def build_model(config: Config, vocab_size: int) -> CharLM:
         m.embedding_dim,
         m.output_size,
         cell=m.cell,
+        fixed=fixed_boundaries(config),
+        delimiters=delimiters or [],
         **rnn_options(config),
     )
 
@@ -40,14 +44,21 @@ class LitCharLM(LitBase):
         config: the run's :class:`Config` as a plain dict (so checkpoints rebuild the model).
         vocab_size: V.
         vocab: the symbols in id order (kept in checkpoints for decoding).
+        delimiters: ids of the data's word separators (for ``model=fixed_boundary``).
     """
 
-    def __init__(self, config: dict[str, Any], vocab_size: int, vocab: list[str] | None = None):
+    def __init__(
+        self,
+        config: dict[str, Any],
+        vocab_size: int,
+        vocab: list[str] | None = None,
+        delimiters: list[int] | None = None,
+    ) -> None:
         super().__init__(config)
         self.save_hyperparameters()
-        self.model = build_model(self.config, vocab_size)
+        self.model = build_model(self.config, vocab_size, delimiters)
         self.bpc_metrics = torch.nn.ModuleDict({f"{s}_": BitsPerChar() for s in SPLIT_NAMES})
-        self.carried: dict[str, HMLSTMState | None] = dict.fromkeys(SPLIT_NAMES)
+        self.carried: dict[str, HMLSTMState | FixedState | None] = dict.fromkeys(SPLIT_NAMES)
 
     def bpc(self, split: str) -> BitsPerChar:
         return self.bpc_metrics[f"{split}_"]  # type: ignore[return-value]
@@ -59,7 +70,7 @@ class LitCharLM(LitBase):
         if state is not None and state.h.size(1) != tokens.size(1):
             state = None  # a different batch size (e.g. a sanity check): start afresh
         elif state is not None and state.h.device != tokens.device:  # restored from a checkpoint
-            state = HMLSTMState(*(x.to(tokens.device) for x in state))
+            state = type(state)(*(x.to(tokens.device) for x in state))
         out = self.model(tokens, targets, state)
         z0 = None if state is None else state.z
         self.carried[split] = detach_state(out.state)
@@ -132,4 +143,4 @@ class LitCharLM(LitBase):
         super().on_load_checkpoint(checkpoint)
         state = checkpoint.get("carried_train_state")
         if state is not None:
-            self.carried["train"] = HMLSTMState(**state)
+            self.carried["train"] = (FixedState if "phase" in state else HMLSTMState)(**state)
