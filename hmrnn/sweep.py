@@ -166,6 +166,10 @@ class SweepState:
     def runs(self) -> list[dict[str, Any]]:
         return self.data["runs"]
 
+    @runs.setter
+    def runs(self, value: list[dict[str, Any]]) -> None:
+        self.data["runs"] = value
+
     def save(self) -> None:
         atomic_write(self.path, json.dumps(self.data, indent=2))
 
@@ -257,6 +261,9 @@ class Runner:
                 env=self.environment(run["id"]),
                 stdout=log,
                 stderr=subprocess.STDOUT,
+                # its own session: a terminal's Ctrl-C reaches only the runner, which stops the
+                # run with SIGTERM (checkpoint, exit 143), not with Lightning's SIGINT handling
+                start_new_session=True,
                 preexec_fn=_die_with_parent,
             )
             run["pid"] = self.child.pid

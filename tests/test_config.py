@@ -67,6 +67,15 @@ def test_fixed_boundary_imposes_counted_boundaries_on_the_hmlstm() -> None:
         LitCharLM(dataclasses.asdict(config), vocab_size=12)  # train.py passes the data's ids
 
 
+def test_paper_iam_ondb_experiment_matches_spec_section_6() -> None:
+    config, _ = compose(["experiment=iam_ondb"])
+    m = config.model
+    assert config.data.name == "iam_ondb" and m.name == "hmlstm" and m.boundary == "step"
+    assert (m.hidden_size, m.output_size, m.num_layers) == (400, 400, 3)
+    assert config.data.batch_size == 32 and config.optim.lr == 3e-4
+    assert (config.slope.rate, config.slope.max_slope) == (0.004, 3.0)
+
+
 def test_config_round_trips_through_a_dict() -> None:
     config, _ = compose(["experiment=demo", "logger.tags=[a,b]"])
     again = from_dict(Config, dataclasses.asdict(config))
