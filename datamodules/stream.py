@@ -172,6 +172,19 @@ class ResumableLoader(DataLoader):
         self.consumed = self._order.start
 
 
+def mark_boundaries(
+    tokens: np.ndarray, before: list[int], at: list[int], delimiters: list[int]
+) -> np.ndarray:
+    """True at t when x_t is not a delimiter and x_{t+1} is in ``before``, or x_t is in ``at``
+    (see :meth:`CharStreamDataModule.truth_rules`); the last position has no x_{t+1}."""
+    tokens = np.asarray(tokens)
+    out = np.isin(tokens, np.asarray(at, dtype=tokens.dtype))
+    if len(tokens) > 1:
+        ends = np.isin(tokens[1:], np.asarray(before, dtype=tokens.dtype))
+        out[:-1] |= ~np.isin(tokens[:-1], np.asarray(delimiters, dtype=tokens.dtype)) & ends
+    return out
+
+
 class CharStreamDataModule(L.LightningDataModule):
     """Base of the character data sets: subclasses provide the token streams and vocabulary.
 
@@ -191,9 +204,22 @@ class CharStreamDataModule(L.LightningDataModule):
         """The encoded ``train`` / ``valid`` / ``test`` streams and the vocabulary."""
         raise NotImplementedError
 
+    def truth_rules(self) -> dict[str, tuple[list[int], list[int]]]:
+        """Each kind of true boundary as ``(before, at)`` symbol ids: t is a boundary of that
+        kind when x_t is not a delimiter and x_{t+1} is in ``before`` (t is the last symbol of
+        a unit), or when x_t itself is in ``at``. Default: ``word`` before each delimiter."""
+        ids = self.delimiter_ids()
+        return {"word": (ids, [])} if ids else {}
+
     def boundaries(self, split: str) -> dict[str, np.ndarray]:
-        """True boundaries of a split by name (e.g. ``word``), bool arrays over the stream."""
-        return {}
+        """True boundaries of a split by kind (e.g. ``word``), bool arrays over the stream,
+        by :meth:`truth_rules` (the rules the validation metrics apply to each batch)."""
+        self.setup()
+        tokens, delimiters = self.tokens[split], self.delimiter_ids()
+        return {
+            kind: mark_boundaries(tokens, before, at, delimiters)
+            for kind, (before, at) in self.truth_rules().items()
+        }
 
     def delimiter_ids(self) -> list[int]:
         """Ids of the symbols that separate words (what ``model=fixed_boundary`` counts with

@@ -577,7 +577,15 @@ class SyntheticDataModule(CharStreamDataModule):
     def delimiter_ids(self) -> list[int]:
         return self.symbol_ids([WORD_SEP, PHRASE_END])
 
+    def truth_rules(self) -> dict[str, tuple[list[int], list[int]]]:
+        """``word``: the last letter of a word and the phrase end '.'; ``phrase``: the '.'
+        (the generator's own ``word_end | phrase_end`` and ``phrase_end``)."""
+        (end,) = self.symbol_ids(PHRASE_END)
+        return {"word": (self.delimiter_ids(), [end]), "phrase": ([], [end])}
+
     def boundaries(self, split: str) -> dict[str, np.ndarray]:
+        """The generator's boundaries: equal to the rules' except at the very last position,
+        where the generator knows whether the word ends and the rules cannot look ahead."""
         self.setup()
         text = self.texts[split]
         return {"word": text.word_end | text.phrase_end, "phrase": text.phrase_end}

@@ -67,15 +67,6 @@ def _same_source(record: dict[str, Any], path: Path) -> bool:
     return stat.st_mtime_ns == record.get("mtime_ns") or sha256_of(path) == record.get("sha256")
 
 
-def _ends_before(tokens: np.ndarray, separators: list[int]) -> np.ndarray:
-    """True at t when token t is not a separator and token t+1 is one (False at the end)."""
-    out = np.zeros(len(tokens), dtype=bool)
-    if len(tokens) > 1:
-        sep = np.isin(tokens, np.asarray(separators, dtype=tokens.dtype))
-        out[:-1] = ~sep[:-1] & sep[1:]
-    return out
-
-
 class TextDataModule(DataFolders, CharStreamDataModule):
     """Base of the file-backed data sets: source files, the encoded cache, and loading.
 
@@ -353,11 +344,8 @@ class PTBCharDataModule(TextDataModule):
     def delimiter_ids(self) -> list[int]:
         return self.symbol_ids([self.EOL, self.WORD])
 
-    def boundaries(self, split: str) -> dict[str, np.ndarray]:
-        self.setup()
-        tokens = self.tokens[split]
-        (eol,) = self.symbol_ids([self.EOL])
-        return {"word": _ends_before(tokens, self.delimiter_ids()), "line": tokens == eol}
+    def truth_rules(self) -> dict[str, tuple[list[int], list[int]]]:
+        return {"word": (self.delimiter_ids(), []), "line": ([], self.symbol_ids([self.EOL]))}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -472,10 +460,6 @@ class Text8DataModule(_SplitFileDataModule):
     def delimiter_ids(self) -> list[int]:
         return self.symbol_ids(" ")
 
-    def boundaries(self, split: str) -> dict[str, np.ndarray]:
-        self.setup()
-        return {"word": _ends_before(self.tokens[split], self.delimiter_ids())}
-
 
 class Enwik8DataModule(_SplitFileDataModule):
     """enwik8: the first 100M bytes of a Wikipedia XML dump, read as bytes.
@@ -512,10 +496,6 @@ class Enwik8DataModule(_SplitFileDataModule):
 
     def delimiter_ids(self) -> list[int]:
         return self.symbol_ids([chr(b) for b in self.WHITESPACE])
-
-    def boundaries(self, split: str) -> dict[str, np.ndarray]:
-        self.setup()
-        return {"word": _ends_before(self.tokens[split], self.delimiter_ids())}
 
 
 __all__ = ["Enwik8DataModule", "PTBCharDataModule", "Text8DataModule", "TextDataModule"]

@@ -83,12 +83,31 @@ def write_svg(points: np.ndarray, path: str | Path, segments: np.ndarray | None 
     atomic_write(path, svg_text(points, segments))
 
 
+def draw_on(ax: object, points: np.ndarray, segments: np.ndarray | None = None) -> None:
+    """Draw the trajectory on matplotlib axes: y pointing down, equal aspect, no frame."""
+    for piece, seg in _pieces(points, segments):
+        colour = PALETTE[seg % len(PALETTE)] if segments is not None else "black"
+        ax.plot(piece[:, 0], piece[:, 1], color=colour, linewidth=1.5, solid_capstyle="round")  # type: ignore[attr-defined]
+    ax.set_aspect("equal")  # type: ignore[attr-defined]
+    ax.invert_yaxis()  # type: ignore[attr-defined]
+    ax.axis("off")  # type: ignore[attr-defined]
+
+
+def _png_bytes(fig: object, dpi: int) -> bytes:
+    import io
+
+    import matplotlib.pyplot as plt
+
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=dpi, facecolor="white")  # type: ignore[attr-defined]
+    plt.close(fig)  # type: ignore[arg-type]
+    return buffer.getvalue()
+
+
 def write_png(
     points: np.ndarray, path: str | Path, segments: np.ndarray | None = None, dpi: int = 100
 ) -> None:
     """A PNG of the trajectory (matplotlib, Agg backend), y axis pointing down."""
-    import io
-
     import matplotlib
 
     matplotlib.use("Agg")
@@ -100,14 +119,27 @@ def write_png(
     fig = plt.figure(
         figsize=(max(2.0, 8 * span[0] / span.max()), max(1.0, 8 * span[1] / span.max()))
     )
-    ax = fig.add_axes((0, 0, 1, 1))
-    for piece, s in pieces:
-        colour = PALETTE[s % len(PALETTE)] if segments is not None else "black"
-        ax.plot(piece[:, 0], piece[:, 1], color=colour, linewidth=1.5, solid_capstyle="round")
-    ax.set_aspect("equal")
-    ax.invert_yaxis()
-    ax.axis("off")
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=dpi, facecolor="white")
-    plt.close(fig)
-    atomic_write(path, buffer.getvalue())
+    draw_on(fig.add_axes((0, 0, 1, 1)), points, segments)
+    atomic_write(path, _png_bytes(fig, dpi))
+
+
+def write_png_panels(
+    points: np.ndarray,
+    path: str | Path,
+    panels: list[tuple[str, np.ndarray | None]],
+    dpi: int = 100,
+) -> None:
+    """The same trajectory drawn once per (title, segments) panel, stacked top to bottom."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    xy = np.cumsum(np.asarray(points, dtype=np.float64)[:, :2], axis=0)
+    span = np.maximum(xy.max(0) - xy.min(0), 1.0)
+    width, height = 10.0, max(1.0, 10.0 * span[1] / span[0])
+    fig, axes = plt.subplots(len(panels), 1, figsize=(width, (height + 0.5) * len(panels)))
+    for ax, (title, segments) in zip(np.atleast_1d(axes), panels, strict=True):
+        draw_on(ax, points, segments)
+        ax.set_title(title)
+    atomic_write(path, _png_bytes(fig, dpi))

@@ -1,7 +1,13 @@
 """Draw samples from a trained model.
 
-    python -m hmrnn.generate runs/<run>/checkpoints/best.ckpt length=700 temperature=1.0 seed=0 \
-        out=samples/hw
+    python -m hmrnn.generate runs/<run>/checkpoints/best.ckpt prompt="the_" length=300 \
+        temperature=0.8 seed=0
+    python -m hmrnn.generate runs/<run>/checkpoints/best.ckpt length=700 out=samples/hw
+
+Character models print the prompt and the sampled continuation (the state carried from symbol to
+symbol) with the boundaries the model used after each symbol: ``|`` where layer 1 fired, ``||``
+where layer 2 fired (``|||`` for a third detector); ``marks=false`` prints the plain text. With an
+empty prompt sampling starts from the data's first delimiter (end of line or space).
 
 Handwriting checkpoints (IAM-OnDB) write ``<out>.png`` and ``<out>.svg``: the pen trajectory in
 pen units (the normalisation undone), and ``<out>_segments.png`` / ``.svg`` with the strokes
@@ -12,6 +18,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -19,7 +26,15 @@ import torch
 from hmrnn.config import ConfigError
 from hmrnn.drawing import segment_colours, write_png, write_svg
 
-DEFAULTS = {"length": "700", "temperature": "1.0", "seed": "0", "out": "sample", "layer": "2"}
+DEFAULTS = {
+    "length": "700",
+    "temperature": "1.0",
+    "seed": "0",
+    "out": "sample",
+    "layer": "2",
+    "prompt": "",
+    "marks": "true",
+}
 
 
 def parse(argv: list[str]) -> tuple[Path, dict[str, str]]:
@@ -65,16 +80,83 @@ def sample_handwriting(checkpoint: Path, options: dict[str, str]) -> list[Path]:
     return written
 
 
-def main(argv: list[str] | None = None) -> list[Path]:
+@torch.no_grad()
+def sample_text(
+    model: Any,
+    vocab: list[str],
+    prompt: str,
+    length: int,
+    temperature: float,
+    seed: int,
+    start: int = 0,
+) -> tuple[list[int], np.ndarray]:
+    """The prompt's ids followed by ``length`` sampled ids, and the boundaries (n, K) used
+    after each of them. ``start`` is fed first (and not returned) when the prompt is empty."""
+    index = {s: i for i, s in enumerate(vocab)}
+    unknown = sorted({ch for ch in prompt if ch not in index})
+    if unknown:
+        raise ConfigError(f"prompt holds symbols outside the model's vocabulary: {unknown}")
+    if temperature <= 0:
+        raise ConfigError(f"temperature={temperature} must be positive")
+    model.eval()
+    generator = torch.Generator().manual_seed(seed)
+    ids = [index[ch] for ch in prompt]
+    out = model(torch.tensor(ids or [start])[:, None])  # (P, 1)
+    state, logits = out.state, out.logits[-1, 0]
+    bounds = [out.boundaries[:, 0]] if ids else []
+    for _ in range(length):
+        probs = torch.softmax(logits.double() / temperature, dim=-1)
+        nxt = int(torch.multinomial(probs, 1, generator=generator))
+        ids.append(nxt)
+        out = model(torch.tensor([[nxt]]), state=state)
+        state, logits = out.state, out.logits[-1, 0]
+        bounds.append(out.boundaries[:, 0])
+    return ids, torch.cat(bounds).float().numpy()
+
+
+def marked(symbols: list[str], bounds: np.ndarray, detectors: int) -> str:
+    """Text with ``|`` x (highest layer that fired) after each symbol."""
+    out = []
+    for ch, z in zip(symbols, bounds, strict=True):
+        fired = [l for l in range(detectors) if z[l] > 0.5]
+        out.append(ch + "|" * (max(fired) + 1 if fired else 0))
+    return "".join(out)
+
+
+def generate_text(checkpoint: Path, options: dict[str, str]) -> str:
+    from hmrnn.lit.module import LitCharLM
+
+    module = LitCharLM.load_from_checkpoint(checkpoint, map_location="cpu").eval()
+    vocab = list(module.hparams.vocab or [])
+    if not vocab:
+        raise ConfigError(f"{checkpoint} holds no vocabulary, so its symbols cannot be printed")
+    delimiters = list(module.hparams.get("delimiters") or [0])
+    ids, bounds = sample_text(
+        module.model,
+        vocab,
+        options["prompt"],
+        int(options["length"]),
+        float(options["temperature"]),
+        int(options["seed"]),
+        start=delimiters[0],
+    )
+    symbols = [vocab[i] for i in ids]
+    rnn = module.model.rnn
+    detectors = rnn.num_layers - 1 + int(getattr(rnn, "top_layer_boundary", False))
+    if options["marks"].lower() in ("false", "0", "no") or not module.is_hierarchical:
+        return "".join(symbols)
+    return marked(symbols, bounds, detectors)
+
+
+def main(argv: list[str] | None = None) -> list[Path] | str:
     checkpoint, options = parse(sys.argv[1:] if argv is None else argv)
     hparams = torch.load(checkpoint, map_location="cpu", weights_only=True).get(
         "hyper_parameters", {}
     )
     if "mean" not in hparams:
-        raise ConfigError(
-            f"{checkpoint} is not a handwriting checkpoint; text generation arrives "
-            "with the visualisation issue"
-        )
+        text = generate_text(checkpoint, options)
+        print(text)
+        return text
     written = sample_handwriting(checkpoint, options)
     print("\n".join(str(p) for p in written))
     return written

@@ -39,6 +39,7 @@ from hmrnn.lit.base import LitBase
 from hmrnn.lit.callbacks import ResumeCheckpoint, RNGState, SlopeAnnealing, Throughput
 from hmrnn.lit.handwriting import LitHandwriting
 from hmrnn.lit.module import LitCharLM
+from hmrnn.visualize import BoundaryFigures
 
 PREEMPTED_EXIT_CODE = 143  # 128 + SIGTERM, as a shell reports a process ended by SIGTERM
 
@@ -192,6 +193,8 @@ def build_trainer(config: Config, run_dir: Path) -> tuple[L.Trainer, dict[str, A
     ]
     if config.model.cell == "hmlstm":
         callbacks.append(SlopeAnnealing(config.slope))
+        if config.logger.mode != "disabled":  # the boundary figure of each validation, to W&B
+            callbacks.append(BoundaryFigures())
     if t.enable_progress_bar:
         callbacks.append(TQDMProgressBar(refresh_rate=10))
     trainer = L.Trainer(
@@ -236,7 +239,8 @@ def build_module(config: Config, dm: Any) -> LitBase:
             "use model.fixed_source=periodic"
         )
     vocab = list(dm.vocab.symbols)
-    return LitCharLM(dataclasses.asdict(config), len(vocab), vocab, delimiters)
+    truth = {kind: [list(before), list(at)] for kind, (before, at) in dm.truth_rules().items()}
+    return LitCharLM(dataclasses.asdict(config), len(vocab), vocab, delimiters, truth)
 
 
 def match_lstm_size(config: Config, dm: Any) -> int:
@@ -290,6 +294,9 @@ def summarise(
     }
     if hasattr(dm, "reference_rates"):
         results["reference_rates"] = dm.reference_rates()
+    counts = update_counts(metrics, config.model.num_layers)
+    if counts is not None:
+        results["update_counts"] = counts
     truth = dm.boundaries("test") if hasattr(dm, "boundaries") else {}
     if truth and config.test and config.model.cell == "hmlstm":
         bpc, bounds, seen = run_split(module.model, dm, "test")
@@ -297,6 +304,24 @@ def summarise(
         results["boundaries"] = boundary_report(bounds, seen, truth)
         results["boundary_rates"] = bounds[seen].mean(0).tolist()
     return results
+
+
+def update_counts(metrics: dict[str, float], K: int, steps: int = 270) -> dict[str, Any] | None:
+    """The paper's count (SPEC section 7): layer updates (UPDATE or FLUSH: the layer computes)
+    per ``steps`` steps of test text, against a plain stacked RNN's ``K * steps``; from the test
+    split's operation fractions. None without them (the LSTM, or no test)."""
+    if f"test/update_l{K}" not in metrics:
+        return None
+    per_layer = [
+        steps * (metrics[f"test/update_l{l}"] + metrics[f"test/flush_l{l}"])
+        for l in range(1, K + 1)
+    ]
+    return {
+        "steps": steps,
+        "per_layer": per_layer,
+        "total": sum(per_layer),
+        "stacked_rnn": K * steps,
+    }
 
 
 def print_summary(results: dict[str, Any]) -> None:
@@ -311,6 +336,13 @@ def print_summary(results: dict[str, Any]) -> None:
             lines.append(f"  {key:<28} {m[key]:.4f}")
     for name, value in results.get("reference_rates", {}).items():
         lines.append(f"  {name:<28} {value:.4f}")
+    if "update_counts" in results:
+        c = results["update_counts"]
+        layers = " / ".join(f"{n:.0f}" for n in c["per_layer"])
+        lines.append(
+            f"  updates per {c['steps']} steps      {layers} (total {c['total']:.0f}; "
+            f"a stacked RNN {c['stacked_rnn']})"
+        )
     if "boundary_rates" in results:
         rates = ", ".join(f"l{i + 1} {r:.3f}" for i, r in enumerate(results["boundary_rates"]))
         lines.append(f"  boundary rates               {rates}")

@@ -38,6 +38,63 @@ def operation_counts(
     return ops.sum((0, 1))
 
 
+def mark_boundaries(
+    inputs: Tensor, next_inputs: Tensor, before: list[int], at: list[int], delimiters: list[int]
+) -> Tensor:
+    """True boundaries of one kind from the symbols themselves (the data modules' truth rules).
+
+    t is a boundary when x_t is not a delimiter and x_{t+1} is in ``before`` (t holds the last
+    symbol of a unit), or when x_t is in ``at``. Shape: inputs, next_inputs (T, B) ids -> (T, B).
+    """
+
+    def isin(x: Tensor, ids: list[int]) -> Tensor:
+        return torch.isin(x, torch.tensor(ids, dtype=x.dtype, device=x.device))
+
+    return isin(inputs, at) | (~isin(inputs, delimiters) & isin(next_inputs, before))
+
+
+def boundary_counts(predicted: Tensor, true: Tensor, tolerance: int = 0) -> Tensor:
+    """The counts behind precision and recall, along dim 0 (time) of each column.
+
+    Shape: predicted, true (N,) or (T, B): bool, 0/1 or, for ``predicted``, values in [0, 1]
+    read as boundaries above 0.5. Returns float64 (4,): predicted boundaries within
+    ``tolerance`` steps of a true one, predicted boundaries, true boundaries within
+    ``tolerance`` of a predicted one, true boundaries.
+    """
+    if predicted.shape != true.shape:
+        raise ValueError(f"predicted {tuple(predicted.shape)} and true {tuple(true.shape)} differ")
+    pred = predicted.detach().float() > 0.5
+    gold = true.bool()
+    if pred.dim() == 1:
+        pred, gold = pred[:, None], gold[:, None]
+
+    def dilate(x: Tensor) -> Tensor:  # (T, B): True within `tolerance` steps of a True
+        if tolerance == 0:
+            return x
+        kernel = torch.ones(1, 1, 2 * tolerance + 1, device=x.device)
+        spread = torch.nn.functional.conv1d(x.t().float()[:, None], kernel, padding=tolerance)
+        return spread[:, 0].t() > 0
+
+    return torch.tensor(
+        [
+            int((pred & dilate(gold)).sum()),
+            int(pred.sum()),
+            int((gold & dilate(pred)).sum()),
+            int(gold.sum()),
+        ],
+        dtype=torch.float64,
+    )
+
+
+def scores_from_counts(counts: Tensor) -> dict[str, float]:
+    """Precision, recall and F1 from :func:`boundary_counts` (0 where undefined)."""
+    hits_p, n_pred, hits_r, n_gold = (float(x) for x in counts)
+    precision = hits_p / n_pred if n_pred else 0.0
+    recall = hits_r / n_gold if n_gold else 0.0
+    f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+    return {"precision": precision, "recall": recall, "f1": f1}
+
+
 def boundary_scores(predicted: Tensor, true: Tensor, tolerance: int = 0) -> dict[str, float]:
     """Precision, recall and F1 of predicted boundaries against true ones along one stream.
 
@@ -46,24 +103,8 @@ def boundary_scores(predicted: Tensor, true: Tensor, tolerance: int = 0) -> dict
 
     Shape: predicted and true are (N,) tensors over the same positions: boolean, 0/1, or for
     ``predicted`` boundary values in [0, 1], read as boundaries where above 0.5 (soft
-    boundaries as the step rule would discretise them).
+    boundaries as the step rule would discretise them). Also returns ``rate``, the fraction of
+    positions predicted as boundaries.
     """
-    pred = (predicted.float() > 0.5).flatten()
-    gold = true.bool().flatten()
-    if pred.shape != gold.shape:
-        raise ValueError(f"predicted {tuple(pred.shape)} and true {tuple(gold.shape)} differ")
-
-    def dilate(x: Tensor) -> Tensor:
-        if tolerance == 0:
-            return x
-        kernel = torch.ones(1, 1, 2 * tolerance + 1)
-        spread = torch.nn.functional.conv1d(x.float()[None, None], kernel, padding=tolerance)
-        return spread[0, 0] > 0
-
-    n_pred, n_gold = int(pred.sum()), int(gold.sum())
-    hits_p = int((pred & dilate(gold)).sum())
-    hits_r = int((gold & dilate(pred)).sum())
-    precision = hits_p / n_pred if n_pred else 0.0
-    recall = hits_r / n_gold if n_gold else 0.0
-    f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
-    return {"precision": precision, "recall": recall, "f1": f1, "rate": n_pred / max(len(pred), 1)}
+    counts = boundary_counts(predicted.flatten(), true.flatten(), tolerance)
+    return scores_from_counts(counts) | {"rate": float(counts[1]) / max(predicted.numel(), 1)}

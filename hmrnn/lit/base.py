@@ -11,7 +11,7 @@ import torch
 from hmrnn.config import Config, from_dict
 from hmrnn.core import count_parameters
 from hmrnn.core.fixed import FixedBoundaries
-from hmrnn.lit.metrics import BoundaryStats
+from hmrnn.lit.metrics import BoundaryAgreement, BoundaryStats
 
 SPLIT_NAMES = ("train", "val", "test")
 
@@ -48,6 +48,9 @@ class LitBase(L.LightningModule):
         self.stat_metrics = torch.nn.ModuleDict(
             {f"{s}_": BoundaryStats(self.num_layers) for s in SPLIT_NAMES}
         )
+        # per split ("val_", "test_"): agreement with the data's true boundaries, once the
+        # subclass names the kinds (set_truth_kinds)
+        self.agreement_metrics = torch.nn.ModuleDict()
         self.plateau: torch.optim.lr_scheduler.ReduceLROnPlateau | None = None
         self._plateau_state: dict[str, Any] | None = None  # restored before the scheduler exists
 
@@ -61,12 +64,32 @@ class LitBase(L.LightningModule):
     def stats(self, split: str) -> BoundaryStats:
         return self.stat_metrics[f"{split}_"]  # type: ignore[return-value]
 
+    def set_truth_kinds(self, kinds: list[str]) -> None:
+        """Measure validation and test boundaries against these kinds of true boundary."""
+        m = self.config.model
+        if self.is_hierarchical and kinds:
+            detectors = m.num_layers - 1 + int(m.top_layer_boundary)
+            for split in ("val", "test"):
+                self.agreement_metrics[f"{split}_"] = BoundaryAgreement(detectors, kinds)
+
+    def agreement(self, split: str) -> BoundaryAgreement | None:
+        key = f"{split}_"
+        if key not in self.agreement_metrics:
+            return None
+        return self.agreement_metrics[key]  # type: ignore[return-value]
+
     def log_stats(self, split: str, **kwargs: Any) -> None:
-        """Log and reset the boundary statistics of a split (HM-LSTM only)."""
+        """Log and reset the boundary statistics of a split (HM-LSTM only): rates, operations,
+        segment lengths and, for validation and test, agreement with the true boundaries."""
+        agreement = self.agreement(split)
         if self.is_hierarchical:
             stats = self.stats(split).compute()
+            if agreement is not None:
+                stats |= agreement.compute()
             self.log_dict({f"{split}/{k}": v for k, v in stats.items()}, **kwargs)
         self.stats(split).reset()
+        if agreement is not None:
+            agreement.reset()
 
     def step_plateau(self, loss: float) -> None:
         """One plateau step per validation (lower is better), whatever the cadence."""

@@ -38,6 +38,7 @@ class LitHandwriting(LitBase):
             fixed=fixed_boundaries(self.config),
             **rnn_options(self.config),
         )
+        self.set_truth_kinds(["pen_up"])  # a stroke ends at the point with the pen lifted
         self.ll_metrics = torch.nn.ModuleDict(
             {f"{s}_": SequenceLogLikelihood() for s in SPLIT_NAMES}
         )
@@ -50,6 +51,9 @@ class LitHandwriting(LitBase):
         out = self.model(inputs, targets, mask)
         self.ll(split).update(out.sequence_ll)
         self.stats(split).update(out.boundaries, None, mask)
+        agreement = self.agreement(split)
+        if agreement is not None:
+            agreement.update(out.boundaries, {"pen_up": inputs[..., 2] > 0.5}, mask)
         return -out.point_ll.sum() / mask.sum().clamp_min(1)
 
     def training_step(self, batch: tuple[Tensor, ...], batch_idx: int) -> Tensor:

@@ -15,6 +15,7 @@ from torch import Tensor
 
 from hmrnn.config import Config
 from hmrnn.core import CharLM, HMLSTMState
+from hmrnn.core.analysis import mark_boundaries
 from hmrnn.core.fixed import FixedState
 from hmrnn.lit.base import SPLIT_NAMES, LitBase, detach_state, fixed_boundaries, rnn_options
 from hmrnn.lit.metrics import BitsPerChar
@@ -44,7 +45,10 @@ class LitCharLM(LitBase):
         config: the run's :class:`Config` as a plain dict (so checkpoints rebuild the model).
         vocab_size: V.
         vocab: the symbols in id order (kept in checkpoints for decoding).
-        delimiters: ids of the data's word separators (for ``model=fixed_boundary``).
+        delimiters: ids of the data's word separators (for ``model=fixed_boundary`` and the
+            true boundaries).
+        truth_rules: kind -> [before ids, at ids] of the data's true boundaries
+            (``CharStreamDataModule.truth_rules``), measured against every validation and test.
     """
 
     def __init__(
@@ -53,10 +57,14 @@ class LitCharLM(LitBase):
         vocab_size: int,
         vocab: list[str] | None = None,
         delimiters: list[int] | None = None,
+        truth_rules: dict[str, list[list[int]]] | None = None,
     ) -> None:
         super().__init__(config)
         self.save_hyperparameters()
         self.model = build_model(self.config, vocab_size, delimiters)
+        self.delimiters = list(delimiters or [])
+        self.truth_rules = {k: (list(b), list(a)) for k, (b, a) in (truth_rules or {}).items()}
+        self.set_truth_kinds(list(self.truth_rules))
         self.bpc_metrics = torch.nn.ModuleDict({f"{s}_": BitsPerChar() for s in SPLIT_NAMES})
         self.carried: dict[str, HMLSTMState | FixedState | None] = dict.fromkeys(SPLIT_NAMES)
 
@@ -78,6 +86,13 @@ class LitCharLM(LitBase):
         self.bpc(split).update(out.loss, count)
         if self.is_hierarchical:
             self.stats(split).update(out.boundaries, z0)
+            agreement = self.agreement(split)
+            if agreement is not None:
+                truth = {
+                    kind: mark_boundaries(tokens, targets, before, at, self.delimiters)
+                    for kind, (before, at) in self.truth_rules.items()
+                }
+                agreement.update(out.boundaries, truth)
         loss = out.loss
         if split == "train":
             loss = loss + self._regularizer(out.boundaries)

@@ -38,3 +38,25 @@ def test_soft_boundaries_count_where_above_one_half() -> None:
     true = torch.tensor([0, 1, 1, 0, 0])
     scores = boundary_scores(soft, true)
     assert scores["precision"] == 0.5 and scores["recall"] == 0.5
+
+
+def test_true_boundaries_from_symbols_by_rule() -> None:
+    from hmrnn.core.analysis import mark_boundaries
+
+    # ids: 0 = space, 1 = '.', others letters; "ab c." then "d"
+    text = torch.tensor([2, 3, 0, 4, 1, 5])
+    inputs, nxt = text[:-1, None], text[1:, None]
+    word = mark_boundaries(inputs, nxt, before=[0, 1], at=[1], delimiters=[0, 1])
+    assert word[:, 0].tolist() == [False, True, False, True, True]  # b, c and the '.'
+    phrase = mark_boundaries(inputs, nxt, before=[], at=[1], delimiters=[0, 1])
+    assert phrase[:, 0].tolist() == [False, False, False, False, True]
+
+
+def test_boundary_counts_work_per_column_of_a_batch() -> None:
+    from hmrnn.core.analysis import boundary_counts
+
+    true = torch.tensor([[0, 1], [1, 0], [0, 0]], dtype=torch.bool)  # (T=3, B=2)
+    pred = torch.tensor([[1, 0], [0, 0], [0, 1]], dtype=torch.bool)
+    # tolerance 1 within each column only: (0,0) is next to (1,0); (2,1) is not next to (0,1)
+    assert boundary_counts(pred, true, 1).tolist() == [1, 2, 1, 2]
+    assert boundary_counts(pred, true, 0).tolist() == [0, 2, 0, 2]

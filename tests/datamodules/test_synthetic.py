@@ -284,3 +284,19 @@ def test_config_validation() -> None:
         SyntheticConfig(num_topics=1, switch_prob=0.1)
     with pytest.raises(ValueError):
         SyntheticConfig(letters="ab", max_stem_length=2, words_per_topic=10)
+
+
+def test_data_module_truth_rules_give_the_generators_boundaries() -> None:
+    from datamodules.stream import CharStreamDataModule
+    from datamodules.synthetic import SyntheticDataModule
+    from hmrnn.config import DataConfig
+
+    dm = SyntheticDataModule(DataConfig(train_chars=3000, valid_chars=3000, test_chars=3000))
+    for split in ("train", "valid", "test"):
+        by_rules = CharStreamDataModule.boundaries(dm, split)  # what validation batches use
+        marks, text = dm.boundaries(split), dm.texts[split]
+        assert np.array_equal(marks["word"], text.word_end | text.phrase_end)
+        assert np.array_equal(marks["phrase"], text.phrase_end)
+        for kind in ("word", "phrase"):  # all but the last position, which has no successor
+            assert np.array_equal(by_rules[kind][:-1], marks[kind][:-1])
+            assert marks[kind].sum() > 100

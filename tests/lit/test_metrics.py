@@ -29,3 +29,38 @@ def test_boundary_stats_fractions() -> None:
     assert out["z_rate_l1"].item() == 0.5 and out["z_rate_l3"].item() == 0.0
     assert out["copy_l1"].item() == 0.0  # layer 1 never copies
     assert out["update_l2"].item() + out["copy_l2"].item() + out["flush_l2"].item() == 1.0
+
+
+def test_segment_length_is_steps_per_boundary() -> None:
+    stats = BoundaryStats(3)
+    z = torch.tensor([[1, 0, 0], [0, 0, 0], [0, 0, 0], [1, 1, 0]], dtype=torch.float32)[:, None]
+    stats.update(z.expand(4, 2, 3), None)  # two rows: 8 steps
+    out = stats.compute()
+    assert out["seglen_l1"].item() == 2.0 and out["seglen_l2"].item() == 4.0
+    assert out["seglen_l3"].item() == 8.0  # never fired: the whole stretch is one segment
+
+
+def test_boundary_agreement_by_hand_with_tolerance_and_ranks() -> None:
+    from hmrnn.lit.metrics import BoundaryAgreement
+
+    # one row, 10 steps; true word ends at 2, 5, 9; layer 1 fires at 2, 3; layer 2 at 6
+    true = torch.zeros(10, 1, dtype=torch.bool)
+    true[[2, 5, 9]] = True
+    z = torch.zeros(10, 1, 3)
+    z[[2, 3], 0, 0] = 1
+    z[6, 0, 1] = 1
+    half_a, half_b = BoundaryAgreement(2, ["word"]), BoundaryAgreement(2, ["word"])
+    half_a.update(z[:5], {"word": true[:5]})  # as two batches on two ranks
+    half_b.update(z[5:], {"word": true[5:]})
+    half_a.merge_state(half_b)
+    out = {k: v.item() for k, v in half_a.compute().items()}
+    assert out["word_precision_l1_tol0"] == 0.5 and out["word_recall_l1_tol0"] == 1 / 3
+    assert abs(out["word_f1_l1_tol0"] - 0.4) < 1e-12
+    assert out["word_precision_l1_tol1"] == 1.0  # 3 is within one step of 2
+    assert out["word_precision_l2_tol0"] == 0.0 and out["word_f1_l2_tol0"] == 0.0
+    assert out["word_precision_l2_tol1"] == 1.0 and out["word_recall_l2_tol1"] == 1 / 3
+    masked = BoundaryAgreement(1, ["word"])
+    mask = torch.ones(10, 1, dtype=torch.bool)
+    mask[5:] = False  # padding: neither predictions nor truths there count
+    masked.update(z, {"word": true}, mask)
+    assert masked.compute()["word_recall_l1_tol0"].item() == 1.0
