@@ -93,6 +93,14 @@ def svg_strips(text: str, strips: list[Strip], per_line: int = 90) -> str:
                     f'<rect x="{x}" y="{top + r * CELL}" width="{CELL}" height="{CELL}" '
                     f'fill="rgb({g},{g},{g})"/>'
                 )
+        n = min(per_line, len(text) - start)  # a grey frame around each strip of the line
+        for r in range(rows):
+            out.append(
+                f'<rect x="{MARGIN}" y="{top + r * CELL}" width="{n * CELL}" height="{CELL}" '
+                'fill="none" stroke="#8c8c8c" stroke-width="1"/>'
+            )
+        for t in range(start, min(start + per_line, len(text))):
+            x = MARGIN + (t - start) * CELL
             glyph = html.escape(printable(text[t]))
             out.append(f'<text x="{x + CELL // 2}" y="{top + rows * CELL + 12}">{glyph}</text>')
     out += ["</g>", "</svg>"]
@@ -116,6 +124,14 @@ def png_strips(text: str, strips: list[Strip], per_line: int = 90) -> bytes:
         y0 -= CELL // 2
         for r, strip in enumerate(strips):
             image[y0 + r * CELL : y0 + (r + 1) * CELL, x : x + CELL] = _grey(strip.values[t]) / 255
+    frame = 0x8C / 255  # a grey frame around each strip of each line, as in the SVG
+    for start in range(0, len(text), per_line):
+        top, n = (start // per_line) * block, min(per_line, len(text) - start)
+        left, right = MARGIN, MARGIN + n * CELL - 1
+        for r in range(rows):
+            y0, y1 = top + r * CELL, top + (r + 1) * CELL - 1
+            image[[y0, y1], left : right + 1] = frame
+            image[y0 : y1 + 1, [left, right]] = frame
     dpi = 100
     fig = plt.figure(figsize=(width / dpi, height / dpi), dpi=dpi)
     ax = fig.add_axes((0, 0, 1, 1))

@@ -51,7 +51,9 @@ def test_boundary_cells_are_white_where_the_boundaries_are() -> None:
         255 * int(z2[1]),
         255 * int(z1[1]),
     ]
-    assert svg.count("<rect") == 1 + 2 * n
+    assert svg.count("<rect") == 1 + 2 * n + 2 * 3  # background, cells, a frame per strip
+    frame = grey_at(png, 56, cell_centre(0, 0, rows=2)[1])  # the frame's left edge
+    assert abs(frame - 0x8C / 255) < 0.02
 
 
 def test_norm_strips_interleave_like_the_paper() -> None:
