@@ -165,6 +165,10 @@ class TrainerConfig:
     """Also save ``last.ckpt`` every this many training steps (0: after each validation only)."""
     deterministic: bool = False
     """torch deterministic algorithms (for bit-exact reruns)."""
+    nonfinite: str = "stop"
+    """A NaN or inf training loss or gradient: ``stop`` the run with an error naming the step
+    (``last.ckpt`` keeps the last good state), or ``skip`` the batch (no update) and count it
+    (``train/skipped_batches``)."""
     enable_progress_bar: bool = True
     """Show the progress bar."""
 
@@ -221,6 +225,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "logger.mode": LOGGER_MODES,
     "trainer.accelerator": ACCELERATORS,
     "trainer.precision": PRECISIONS,
+    "trainer.nonfinite": ("stop", "skip"),
 }
 
 POSITIVE: tuple[str, ...] = (

@@ -7,6 +7,10 @@ Each run gets a folder ``<out_dir>/<run_name>`` holding ``config.yaml`` (the res
 configuration), ``checkpoints/`` (``best.ckpt``, ``last.ckpt``), ``csv/metrics.csv``, the W&B
 files (``wandb/``, offline by default: ``wandb sync`` uploads them) and, at the end,
 ``results.json``.
+
+SIGTERM (cluster preemption) and Ctrl-C (SIGINT) save ``last.ckpt`` at the next batch end and exit
+with 143 / 130 (128 + the signal, as a shell reports it) without testing; a second Ctrl-C stops at
+once (exit 130, the previous ``last.ckpt`` kept).
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ import datetime
 import json
 import os
 import platform
+import signal
 import subprocess
 import sys
 import time
@@ -36,12 +41,17 @@ from hmrnn.config import Config, ConfigError, validate
 from hmrnn.evaluate import boundary_report, run_split
 from hmrnn.io import atomic_write
 from hmrnn.lit.base import LitBase
-from hmrnn.lit.callbacks import ResumeCheckpoint, RNGState, SlopeAnnealing, Throughput
+from hmrnn.lit.callbacks import (
+    NonFinite,
+    NonFiniteError,
+    ResumeCheckpoint,
+    RNGState,
+    SlopeAnnealing,
+    Throughput,
+)
 from hmrnn.lit.handwriting import LitHandwriting
 from hmrnn.lit.module import LitCharLM
 from hmrnn.visualize import BoundaryFigures
-
-PREEMPTED_EXIT_CODE = 143  # 128 + SIGTERM, as a shell reports a process ended by SIGTERM
 
 
 # ------------------------------------------------------------------------------ run folder
@@ -184,10 +194,16 @@ def build_trainer(config: Config, run_dir: Path) -> tuple[L.Trainer, dict[str, A
         enable_version_counter=False,
     )
     throughput = Throughput()
+    resume = ResumeCheckpoint(run_dir / "checkpoints" / "last.ckpt", t.checkpoint_every_n_steps)
     callbacks: list[L.Callback] = [
         checkpoint,
-        ResumeCheckpoint(run_dir / "checkpoints" / "last.ckpt", t.checkpoint_every_n_steps),
+        resume,
         RNGState(),
+        NonFinite(
+            t.nonfinite,
+            f"{run_dir / 'checkpoints' / 'last.ckpt'} holds the last good state "
+            f"(python -m hmrnn.train resume={run_dir}). ",
+        ),
         throughput,
         LearningRateMonitor("step"),
     ]
@@ -217,7 +233,7 @@ def build_trainer(config: Config, run_dir: Path) -> tuple[L.Trainer, dict[str, A
         logger=loggers,
         callbacks=callbacks,
     )
-    return trainer, {"checkpoint": checkpoint, "throughput": throughput}
+    return trainer, {"checkpoint": checkpoint, "throughput": throughput, "resume": resume}
 
 
 # ------------------------------------------------------------------------------------ run
@@ -384,13 +400,24 @@ def main(argv: list[str] | None = None) -> dict[str, Any] | None:
     try:
         trainer.fit(module, datamodule=dm, ckpt_path=str(ckpt) if ckpt else None, weights_only=True)
     except SIGTERMException:
+        stopped_by = parts["resume"].stop_signal or signal.SIGTERM
         if trainer.is_global_zero:
             print(
-                f"stopped by SIGTERM; continue with: python -m hmrnn.train resume={run_dir}",
+                f"stopped by {signal.Signals(stopped_by).name}; continue with: "
+                f"python -m hmrnn.train resume={run_dir}",
                 file=sys.stderr,
                 flush=True,
             )
-        sys.exit(PREEMPTED_EXIT_CODE)
+        sys.exit(128 + int(stopped_by))
+    if trainer.interrupted:  # a second Ctrl-C: Lightning stopped at once, nothing more is saved
+        if trainer.is_global_zero:
+            print(
+                f"interrupted; continue from the last checkpoint with: "
+                f"python -m hmrnn.train resume={run_dir}",
+                file=sys.stderr,
+                flush=True,
+            )
+        sys.exit(128 + int(signal.SIGINT))
     metrics = scalar_metrics(trainer)  # the last logged values of training and validation
     if config.test:
         best = parts["checkpoint"].best_model_path
@@ -414,6 +441,9 @@ def cli() -> None:
     except ConfigError as error:
         print(f"error: {error}", file=sys.stderr)
         sys.exit(2)
+    except NonFiniteError as error:
+        print(f"error: {error}", file=sys.stderr)
+        sys.exit(1)
 
 
 if __name__ == "__main__":

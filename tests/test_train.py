@@ -169,6 +169,22 @@ def test_sigkill_then_resume_ends_bit_identical(tmp_path: Path, uninterrupted: P
 
 
 @pytest.mark.slow
+def test_ctrl_c_saves_a_checkpoint_exits_130_without_testing_and_resumes(
+    tmp_path: Path, uninterrupted: Path
+) -> None:
+    proc, last = start_and_wait_for_checkpoint(tmp_path)
+    time.sleep(0.5)
+    proc.send_signal(signal.SIGINT)
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 130, stderr[-2000:]
+    assert "stopped by SIGINT" in stderr and "resume=" in stderr
+    assert not (tmp_path / "cut" / "results.json").exists(), "a stopped run is not tested"
+    assert step_of(last) < 150
+    train(tmp_path, f"resume={tmp_path / 'cut'}")
+    assert_same_parameters(last, uninterrupted)
+
+
+@pytest.mark.slow
 def test_sigterm_saves_a_checkpoint_exits_and_resumes_bit_identical(
     tmp_path: Path, uninterrupted: Path
 ) -> None:

@@ -109,6 +109,75 @@ def set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+class NonFiniteError(RuntimeError):
+    """Training met a NaN or inf loss or gradient (``trainer.nonfinite=stop``)."""
+
+
+class NonFinite(L.Callback):
+    """Guards the optimizer step against a NaN or inf loss or gradient.
+
+    The check runs before the step (after DDP has all-reduced the gradients, so every rank
+    decides alike). ``stop`` raises :class:`NonFiniteError` naming the step and the culprit: the
+    parameters were not touched, and ``last.ckpt`` holds the last good state. ``skip`` drops the
+    gradients (Adam then updates nothing, its moments included) and counts the batch.
+    """
+
+    def __init__(self, action: str = "stop", resume_hint: str = "") -> None:
+        self.action = action
+        self.resume_hint = resume_hint
+        self.skipped = 0
+        self.loss_bad = False
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"skipped": self.skipped}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.skipped = int(state_dict.get("skipped", 0))
+
+    def on_before_backward(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, loss: torch.Tensor
+    ) -> None:
+        self.loss_bad = not bool(torch.isfinite(loss.detach()).all())
+
+    def on_before_optimizer_step(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, optimizer: Any
+    ) -> None:
+        culprit = "the training loss" if self.loss_bad else ""
+        if not culprit:
+            for name, p in pl_module.named_parameters():
+                if p.grad is not None and not bool(torch.isfinite(p.grad).all()):
+                    culprit = f"the gradient of {name}"
+                    break
+        bad = trainer.strategy.reduce_boolean_decision(bool(culprit), all=False)
+        self.loss_bad = False
+        if not bad:
+            return
+        step = trainer.global_step
+        if self.action == "skip":
+            self.skipped += 1
+            optimizer.zero_grad(set_to_none=True)
+            rank_zero_info(f"step {step}: {culprit or 'a gradient'} is not finite; batch skipped")
+        else:
+            culprit = culprit or "a gradient on another rank"
+            raise NonFiniteError(
+                f"step {step} (epoch {trainer.current_epoch}): {culprit} is NaN or inf; "
+                "the run stopped before updating the parameters. "
+                f"{self.resume_hint}Lower optim.lr, or set trainer.nonfinite=skip to skip such "
+                "batches."
+            )
+
+    def on_train_batch_end(
+        self,
+        trainer: L.Trainer,
+        pl_module: L.LightningModule,
+        outputs: Any,
+        batch: Any,
+        batch_idx: int,
+    ) -> None:
+        if self.skipped:
+            pl_module.log("train/skipped_batches", float(self.skipped), rank_zero_only=True)
+
+
 class RNGState(L.Callback):
     """Saves the RNG states in checkpoints and restores them when training resumes.
 
@@ -138,8 +207,9 @@ class ResumeCheckpoint(L.Callback):
     Lightning restores a run mid-epoch only from a batch end after which no validation is due and
     which is not the epoch's last (from such a point it would skip the validation, and the plateau
     schedule with it). So this callback saves at the first such batch end once ``every_n_steps``
-    steps have passed (or after each validation, when 0), when SIGTERM arrives (then it stops the
-    run: cluster preemption), and when training ends.
+    steps have passed (or after each validation, when 0), when SIGTERM or SIGINT (Ctrl-C) arrives
+    (then it stops the run: cluster preemption, or a user stopping it; a second Ctrl-C stops at
+    once), and when training ends. ``stop_signal`` names the signal that stopped the run.
 
     The file is written to a temporary name and renamed, so a kill while writing leaves the
     previous ``last.ckpt`` intact.
@@ -150,16 +220,21 @@ class ResumeCheckpoint(L.Callback):
         self.every_n_steps = every_n_steps
         self.due = False
         self.sigterm = False
-        self._previous_handler: Any = None
+        self.stop_signal: int | None = None
+        self._previous_handlers: dict[int, Any] = {}
 
     # -- triggers
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if threading.current_thread() is threading.main_thread():
-            self._previous_handler = signal.getsignal(signal.SIGTERM)
-            signal.signal(signal.SIGTERM, self._on_sigterm)
+            for signum in (signal.SIGTERM, signal.SIGINT):
+                self._previous_handlers[signum] = signal.getsignal(signum)
+                signal.signal(signum, self._on_signal)
 
-    def _on_sigterm(self, signum: int, frame: Any) -> None:
+    def _on_signal(self, signum: int, frame: Any) -> None:
+        if signum == signal.SIGINT and self.sigterm:  # a second Ctrl-C: stop now
+            raise KeyboardInterrupt
         self.sigterm = True
+        self.stop_signal = signum
 
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if not self.every_n_steps and trainer.state.fn == "fit" and not trainer.sanity_checking:
@@ -195,7 +270,8 @@ class ResumeCheckpoint(L.Callback):
             self.save(trainer)
             self.due = False
             if stop:
-                rank_zero_info(f"SIGTERM: saved {self.path}; resume with resume={self.path}")
+                name = signal.Signals(self.stop_signal or signal.SIGTERM).name
+                rank_zero_info(f"{name}: saved {self.path}; resume with resume={self.path}")
                 raise SIGTERMException
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -203,12 +279,10 @@ class ResumeCheckpoint(L.Callback):
 
     def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         # Lightning restores its own handlers at teardown too: only undo what is still ours
-        if (
-            self._previous_handler is not None
-            and signal.getsignal(signal.SIGTERM) == self._on_sigterm
-        ):
-            signal.signal(signal.SIGTERM, self._previous_handler)
-        self._previous_handler = None
+        for signum, previous in self._previous_handlers.items():
+            if previous is not None and signal.getsignal(signum) == self._on_signal:
+                signal.signal(signum, previous)
+        self._previous_handlers = {}
 
     def save(self, trainer: L.Trainer) -> None:
         """Write through a temporary name on rank 0 (every rank must call it)."""
