@@ -18,6 +18,7 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import json
+import math
 import os
 import platform
 import signal
@@ -36,6 +37,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from datamodules import build_datamodule
+from datamodules.stream import DataError
 from hmrnn.compose import compose, config_error, split_arguments
 from hmrnn.config import Config, ConfigError, validate
 from hmrnn.evaluate import boundary_report, run_split
@@ -259,6 +261,30 @@ def build_module(config: Config, dm: Any) -> LitBase:
     return LitCharLM(dataclasses.asdict(config), len(vocab), vocab, delimiters, truth)
 
 
+def preflight(config: Config, dm: Any) -> None:
+    """Checks of the data against the batching, before any work: ConfigError naming the keys."""
+    d, t = config.data, config.trainer
+    if hasattr(dm, "tokens"):  # a character stream: B rows of T-step segments per split
+        for split, name in (("train", "train"), ("valid", "validation"), ("test", "test")):
+            rows = d.batch_size if split == "train" or not d.eval_batch_size else d.eval_batch_size
+            if len(dm.tokens[split]) // rows < 2:
+                raise ConfigError(
+                    f"the {name} split holds {len(dm.tokens[split]):,} symbols, too few for "
+                    f"{rows} rows of at least 2 symbols; lower data.batch_size"
+                    + (" (or data.eval_batch_size)" if split != "train" else "")
+                )
+        batches = math.ceil((len(dm.tokens["train"]) // d.batch_size - 1) / d.bptt)
+    else:
+        batches = len(dm.batch_sampler("train"))
+    interval = t.val_check_interval
+    if isinstance(interval, int) and not isinstance(interval, bool) and interval > batches:
+        raise ConfigError(
+            f"trainer.val_check_interval={interval} exceeds the {batches:,} training batches of "
+            f"an epoch (data.batch_size={d.batch_size}, data.bptt={d.bptt}); use at most "
+            f"{batches:,}, or a fraction of an epoch such as 1.0"
+        )
+
+
 def match_lstm_size(config: Config, dm: Any) -> int:
     """The largest LSTM hidden size whose module has no more parameters than the HM-LSTM of
     ``config.model.hidden_size`` (``model.match_parameters``); built on the meta device."""
@@ -375,7 +401,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any] | None:
     run_dir = run_folder(config)
     L.seed_everything(config.seed, workers=True, verbose=False)
     dm = build_datamodule(config.data)
-    dm.setup()
+    try:
+        dm.setup()
+    except DataError as error:
+        raise ConfigError(str(error)) from error
+    preflight(config, dm)
     # on resume, fit(ckpt_path=...) restores weights, optimiser, loops, loader position, RNG
     lit = lit_class(config)
     if config.model.name == "lstm" and config.model.match_parameters and ckpt is None:

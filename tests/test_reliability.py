@@ -67,3 +67,41 @@ def test_skip_drops_the_poisoned_batch_counts_it_and_finishes(
     assert json.loads((tmp_path / "r/results.json").read_text())["global_step"] == 20
     ckpt = torch.load(tmp_path / "r/checkpoints/last.ckpt", map_location="cpu", weights_only=True)
     assert all(torch.isfinite(v).all() for v in ckpt["state_dict"].values())
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["data.valid_chars=10"], r"the validation split holds 10 symbols, too few for 8 rows"),
+        (["data.eval_batch_size=4000", "data.test_chars=3000"], r"the test split holds 3,000"),
+        (["trainer.val_check_interval=500"], r"trainer.val_check_interval=500 exceeds the 200"),
+    ],
+)
+def test_data_too_short_for_the_batching_is_a_clear_error_before_any_work(
+    tmp_path: Path, args: list[str], message: str
+) -> None:
+    from hmrnn.config import ConfigError
+
+    with pytest.raises(ConfigError, match=message):
+        run(tmp_path, *args)
+    assert not (tmp_path / "r").exists(), "nothing is written"
+
+
+def test_a_stuck_boundary_detector_is_reported_with_its_layer() -> None:
+    import dataclasses
+
+    from hmrnn.compose import compose
+
+    config, _ = compose(["experiment=demo", "model.hidden_size=16"])
+    module = LitCharLM(dataclasses.asdict(config), vocab_size=12)
+    assert module.check_stuck([0.6, 0.0, 0.0]) == []
+    assert module.check_stuck([0.5, 0.0, 0.0]) == []
+    (warning,) = module.check_stuck([0.7, 0.0, 0.0])  # the third validation in a row
+    assert warning.startswith("layer 2's boundary detector never fires")
+    assert module.check_stuck([1.0, 0.2, 0.0]) == []  # layer 2 moved
+    module.check_stuck([1.0, 0.2, 0.0])
+    (warning,) = module.check_stuck([1.0, 0.3, 0.0])
+    assert warning.startswith("layer 1's boundary detector fires at every step")
+    fixed, _ = compose(["experiment=demo", "model=fixed_boundary", "model.hidden_size=16"])
+    imposed = LitCharLM(dataclasses.asdict(fixed), vocab_size=12, delimiters=[0])
+    assert [imposed.check_stuck([1.0, 0.0, 0.0]) for _ in range(4)] == [[]] * 4

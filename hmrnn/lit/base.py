@@ -7,6 +7,7 @@ from typing import Any
 
 import lightning as L
 import torch
+from lightning.pytorch.utilities.rank_zero import rank_zero_warn
 
 from hmrnn.config import Config, from_dict
 from hmrnn.core import count_parameters
@@ -53,6 +54,7 @@ class LitBase(L.LightningModule):
         self.agreement_metrics = torch.nn.ModuleDict()
         self.plateau: torch.optim.lr_scheduler.ReduceLROnPlateau | None = None
         self._plateau_state: dict[str, Any] | None = None  # restored before the scheduler exists
+        self._rate_history: list[list[float]] = []  # validation firing rates (check_stuck)
 
     @property
     def is_hierarchical(self) -> bool:
@@ -78,12 +80,47 @@ class LitBase(L.LightningModule):
             return None
         return self.agreement_metrics[key]  # type: ignore[return-value]
 
+    STUCK_AFTER = 3  # validations in a row
+
+    def check_stuck(self, rates: list[float]) -> list[str]:
+        """Warnings for detector layers whose validation firing rate has been 0 or 1 at the last
+        ``STUCK_AFTER`` validations (learned boundaries only): such a layer never or always
+        closes a segment, so the layer above never updates or is a plain LSTM layer."""
+        if self.config.model.name == "fixed_boundary":
+            return []
+        self._rate_history = [*self._rate_history, rates][-self.STUCK_AFTER :]
+        if len(self._rate_history) < self.STUCK_AFTER:
+            return []
+        warnings = []
+        m = self.config.model
+        for l in range(m.num_layers - 1 + int(m.top_layer_boundary)):
+            recent = [r[l] for r in self._rate_history]
+            for limit, what in (
+                (0.0, "never fires (the layer above never updates)"),
+                (1.0, "fires at every step (the layer above is a plain LSTM)"),
+            ):
+                if all(abs(r - limit) < 1e-3 for r in recent):
+                    shown = ", ".join(f"{r:.4f}" for r in recent)
+                    warnings.append(
+                        f"layer {l + 1}'s boundary detector {what} at the last "
+                        f"{self.STUCK_AFTER} validations (rates {shown})"
+                    )
+        return warnings
+
     def log_stats(self, split: str, **kwargs: Any) -> None:
         """Log and reset the boundary statistics of a split (HM-LSTM only): rates, operations,
         segment lengths and, for validation and test, agreement with the true boundaries."""
         agreement = self.agreement(split)
         if self.is_hierarchical:
             stats = self.stats(split).compute()
+            if (
+                split == "val"
+                and self.trainer.state.fn == "fit"
+                and not self.trainer.sanity_checking
+            ):
+                rates = [float(stats[f"z_rate_l{l + 1}"]) for l in range(self.num_layers)]
+                for warning in self.check_stuck(rates):
+                    rank_zero_warn(warning)
             if agreement is not None:
                 stats |= agreement.compute()
             self.log_dict({f"{split}/{k}": v for k, v in stats.items()}, **kwargs)
