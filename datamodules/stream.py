@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -312,7 +313,22 @@ class DataFolders:
     def prepare_data(self) -> None:
         """Build the cache once (Lightning calls this on one process per node)."""
         if not self.cache_is_valid():  # type: ignore[attr-defined]
+            self.check_writable()
             self.build()  # type: ignore[attr-defined]
+
+    def check_writable(self) -> None:
+        """DataError naming ``data.root`` unless the data set's folder can be created and
+        written (downloads and the cache go there), before anything is fetched or built."""
+        probe = self.data_dir / f".write-test-{os.getpid()}"
+        try:
+            self.data_dir.mkdir(parents=True, exist_ok=True)
+            probe.write_bytes(b"")
+            probe.unlink()
+        except OSError as error:
+            raise DataError(
+                f"data.root={str(self.config.root)!r}: cannot write {self.data_dir} "  # type: ignore[attr-defined]
+                f"({error.strerror or error}); set data.root to a writable folder"
+            ) from error
 
     def load(self) -> Any:
         """The data set from its cache, built first when needed; the cache's notes are logged."""
@@ -320,6 +336,7 @@ class DataFolders:
         if result is None:
             result = self._read_cache()  # type: ignore[attr-defined]
         if result is None:
+            self.check_writable()
             result = self.build()  # type: ignore[attr-defined]
             self._built = None
         for note in self.notes:

@@ -285,6 +285,32 @@ def preflight(config: Config, dm: Any) -> None:
         )
 
 
+def check_checkpoint(ckpt: Path, config: Config, dm: Any) -> None:
+    """ConfigError unless ``ckpt`` can be read and holds this run's model and vocabulary."""
+    try:
+        saved = torch.load(ckpt, map_location="cpu", weights_only=True)
+    except Exception as error:  # pickle, zip and OS errors alike: the file is not usable
+        raise ConfigError(
+            f"resume: cannot read {ckpt} ({type(error).__name__}: {str(error)[:120]}); it is "
+            "corrupt or half-written: resume from another checkpoint of the run"
+        ) from error
+    hparams = saved.get("hyper_parameters", {}) if isinstance(saved, dict) else {}
+    model = hparams.get("config", {}).get("model", {})
+    for key, value in dataclasses.asdict(config.model).items():
+        if key in model and model[key] != value:
+            raise ConfigError(
+                f"resume: {ckpt} holds a model with model.{key}={model[key]!r}, but the run's "
+                f"config.yaml says {value!r}: the checkpoint comes from another run"
+            )
+    vocab, current = hparams.get("vocab"), getattr(dm, "vocab", None)
+    if vocab is not None and current is not None and list(vocab) != list(current.symbols):
+        raise ConfigError(
+            f"resume: the vocabulary of {ckpt} ({len(vocab)} symbols) differs from "
+            f"data={config.data.name}'s ({len(current)}): the data files changed since the "
+            "run started; restore them or start a new run"
+        )
+
+
 def match_lstm_size(config: Config, dm: Any) -> int:
     """The largest LSTM hidden size whose module has no more parameters than the HM-LSTM of
     ``config.model.hidden_size`` (``model.match_parameters``); built on the meta device."""
@@ -406,6 +432,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any] | None:
     except DataError as error:
         raise ConfigError(str(error)) from error
     preflight(config, dm)
+    if ckpt is not None:
+        check_checkpoint(ckpt, config, dm)
     # on resume, fit(ckpt_path=...) restores weights, optimiser, loops, loader position, RNG
     lit = lit_class(config)
     if config.model.name == "lstm" and config.model.match_parameters and ckpt is None:

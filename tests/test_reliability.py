@@ -105,3 +105,58 @@ def test_a_stuck_boundary_detector_is_reported_with_its_layer() -> None:
     fixed, _ = compose(["experiment=demo", "model=fixed_boundary", "model.hidden_size=16"])
     imposed = LitCharLM(dataclasses.asdict(fixed), vocab_size=12, delimiters=[0])
     assert [imposed.check_stuck([1.0, 0.0, 0.0]) for _ in range(4)] == [[]] * 4
+
+
+def test_an_unwritable_data_folder_is_a_clear_error_before_any_download(tmp_path: Path) -> None:
+    from hmrnn.config import ConfigError
+
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")  # no one, root included, can create a folder under it
+    with pytest.raises(ConfigError, match=r"data.root=.*a-file/data': cannot write .*writable"):
+        run(tmp_path, "data=ptb", f"data.root={blocker / 'data'}")
+    assert not (tmp_path / "r").exists()
+
+
+def test_resuming_from_a_foreign_corrupt_or_mismatched_checkpoint_is_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from hmrnn.config import ConfigError
+
+    run(tmp_path, "trainer.max_steps=8")
+    last = tmp_path / "r" / "checkpoints" / "last.ckpt"
+    good = last.read_bytes()
+    resume = [f"resume={tmp_path / 'r'}", "logger.mode=disabled"]
+
+    other = tmp_path / "other"  # a checkpoint of a different model, copied into this run
+    train_command.main(
+        [
+            *TINY,
+            f"out_dir={other}",
+            "run_name=o",
+            "logger.mode=disabled",
+            "trainer.max_steps=4",
+            "model.hidden_size=24",
+        ]
+    )
+    last.write_bytes((other / "o" / "checkpoints" / "last.ckpt").read_bytes())
+    with pytest.raises(
+        ConfigError, match=r"model.hidden_size=24, but the run's config.yaml says 32"
+    ):
+        train_command.main(resume)
+
+    last.write_bytes(good[: len(good) // 2])  # half-written
+    with pytest.raises(ConfigError, match=r"cannot read .*last.ckpt.*corrupt or half-written"):
+        train_command.main(resume)
+
+    last.write_bytes(good)  # the data's vocabulary changed since the run started
+    from datamodules.synthetic import SyntheticDataModule
+
+    original = SyntheticDataModule.load
+
+    def other_vocab(self):
+        tokens, vocab = original(self)
+        return tokens, type(vocab)(tuple(reversed(vocab.symbols)))
+
+    monkeypatch.setattr(SyntheticDataModule, "load", other_vocab)
+    with pytest.raises(ConfigError, match=r"vocabulary of .* differs from data=synthetic's"):
+        train_command.main(resume)
