@@ -44,6 +44,7 @@ from hmrnn.evaluate import boundary_report, run_split
 from hmrnn.io import atomic_write
 from hmrnn.lit.base import LitBase
 from hmrnn.lit.callbacks import (
+    CheckpointWriteError,
     NonFinite,
     NonFiniteError,
     ResumeCheckpoint,
@@ -499,7 +500,7 @@ def cli() -> None:
     except ConfigError as error:
         print(f"error: {error}", file=sys.stderr)
         sys.exit(2)
-    except NonFiniteError as error:
+    except (NonFiniteError, CheckpointWriteError) as error:
         print(f"error: {error}", file=sys.stderr)
         sys.exit(1)
 

@@ -160,3 +160,29 @@ def test_resuming_from_a_foreign_corrupt_or_mismatched_checkpoint_is_refused(
     monkeypatch.setattr(SyntheticDataModule, "load", other_vocab)
     with pytest.raises(ConfigError, match=r"vocabulary of .* differs from data=synthetic's"):
         train_command.main(resume)
+
+
+def test_a_full_disk_while_checkpointing_stops_the_run_and_keeps_the_previous_checkpoint(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import errno
+
+    import lightning as L
+
+    from hmrnn.lit.callbacks import CheckpointWriteError
+
+    original = L.Trainer.save_checkpoint
+
+    def disk_fills_up(self, filepath, *args, **kwargs):
+        if self.global_step >= 10 and "last" in str(filepath):
+            Path(filepath).write_bytes(b"half a checkpoint")  # what a full disk leaves behind
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return original(self, filepath, *args, **kwargs)
+
+    monkeypatch.setattr(L.Trainer, "save_checkpoint", disk_fills_up)
+    with pytest.raises(CheckpointWriteError, match=r"No space left on device.*previous last.ckpt"):
+        run(tmp_path)
+    folder = tmp_path / "r" / "checkpoints"
+    last = torch.load(folder / "last.ckpt", map_location="cpu", weights_only=True)
+    assert last["global_step"] == 8, "the checkpoint before the disk filled up, whole"
+    assert not list(folder.glob(".*.tmp")), "no half-written file is left"

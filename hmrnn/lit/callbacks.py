@@ -201,6 +201,10 @@ class RNGState(L.Callback):
             self.pending = None
 
 
+class CheckpointWriteError(OSError):
+    """``last.ckpt`` could not be written (the previous one survives)."""
+
+
 class ResumeCheckpoint(L.Callback):
     """``last.ckpt`` for resuming: written atomically, only where a resume continues exactly.
 
@@ -287,7 +291,14 @@ class ResumeCheckpoint(L.Callback):
     def save(self, trainer: L.Trainer) -> None:
         """Write through a temporary name on rank 0 (every rank must call it)."""
         tmp = self.path.with_name(f".{self.path.name}.tmp")
-        trainer.save_checkpoint(str(tmp))  # collective: ends with a barrier
+        try:
+            trainer.save_checkpoint(str(tmp))  # collective: ends with a barrier
+        except OSError as error:  # e.g. a full disk: the previous last.ckpt is left intact
+            tmp.unlink(missing_ok=True)
+            raise CheckpointWriteError(
+                f"writing {self.path} failed ({error.strerror or error}); the previous "
+                f"{self.path.name} is intact: free space, then resume with resume={self.path}"
+            ) from error
         if trainer.is_global_zero:
             tmp.replace(self.path)
         trainer.strategy.barrier("ResumeCheckpoint.save")
