@@ -86,12 +86,15 @@ def schema_violations(config: dict[str, Any]) -> list[str]:
     return problems
 
 
-def expand_command(config: dict[str, Any], values: dict[str, Any], run_id: str) -> list[str]:
+def expand_command(
+    config: dict[str, Any], values: dict[str, Any], run_id: str, folder: Path | None = None
+) -> list[str]:
     """The command line ``wandb agent`` runs for one proposed run (``values``: key -> value).
 
     wandb's own functions fill the ``${envvar:...}`` macros and build every argument format;
     the rest follows wandb's agent: ``${interpreter}`` is ``python`` on PATH, ``${env}``
-    ``/usr/bin/env``, ``${program}`` the file's program, ``${args_json_file}`` a file path.
+    ``/usr/bin/env``, ``${program}`` the file's program, ``${args_json_file}`` the path of a file
+    in ``folder`` holding ``${args_json}`` (written here when the command uses it).
     """
     from wandb.sdk.launch.sweeps import utils as sweep_utils
 
@@ -102,7 +105,10 @@ def expand_command(config: dict[str, Any], values: dict[str, Any], run_id: str) 
     )
     macros["interpreter"] = ["python"]
     macros["program"] = [config.get("program", "")]
-    macros["args_json_file"] = [f"config-{run_id}.json"]
+    json_file = (folder or Path(".")) / f"config-{run_id}.json"
+    macros["args_json_file"] = [str(json_file)]
+    if "${args_json_file}" in command:
+        atomic_write(json_file, macros["args_json"][0])
     if sys.platform != "win32":
         macros["env"] = ["/usr/bin/env"]
     out: list[str] = []
@@ -339,7 +345,7 @@ class Runner:
                 print("[sweep] the grid is complete", flush=True)
                 return
             run_id = uuid.uuid4().hex[:8]
-            command = expand_command(self.config, values, run_id)
+            command = expand_command(self.config, values, run_id, self.state.folder)
             run = {
                 "id": run_id,
                 "values": values,

@@ -373,3 +373,14 @@ def test_report_boundary_table_gives_f1_segment_length_and_the_papers_count() ->
     assert line["layer 1 segment length"] == "4.0" and line["layer 2 segment length"] == "20.0"
     # 270 x (update + flush): 270, 67.5, 13.5 (rounded as printed)
     assert line["updates per 270 steps (stacked RNN: 810)"] == "270 / 68 / 14 = 351"
+
+
+def test_the_other_wandb_macros_expand_as_the_agent_expands_them(tmp_path: Path) -> None:
+    config = {
+        "program": "train.py",
+        "command": ["${env}", "${interpreter}", "${program}", "${args}", "${args_json_file}"],
+    }
+    command = sweep.expand_command(config, {"optim.lr": 0.01, "seed": 3}, "r1", tmp_path)
+    assert command[:3] == ["/usr/bin/env", "python", "train.py"]
+    assert command[3:5] == ["--optim.lr=0.01", "--seed=3"]
+    assert json.loads(Path(command[5]).read_text()) == {"optim.lr": 0.01, "seed": 3}
