@@ -153,6 +153,9 @@ class TrainerConfig:
     """Number of nodes (SLURM or torchrun)."""
     strategy: str = "auto"
     """``auto``, ``ddp``, ``ddp_spawn``, ..."""
+    ddp_timeout_s: int = 600
+    """DDP: seconds a rank waits for the others at a collective before the job fails (a rank
+    that hangs ends the job in bounded time; one that crashes ends it at once)."""
     precision: str = "32-true"
     """Lightning precision, e.g. ``32-true`` or ``bf16-mixed``."""
     val_check_interval: Any = 1.0
@@ -241,6 +244,7 @@ POSITIVE: tuple[str, ...] = (
     "optim.lr",
     "trainer.num_nodes",
     "trainer.log_every_n_steps",
+    "trainer.ddp_timeout_s",
 )
 
 

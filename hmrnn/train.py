@@ -10,7 +10,9 @@ files (``wandb/``, offline by default: ``wandb sync`` uploads them) and, at the 
 
 SIGTERM (cluster preemption) and Ctrl-C (SIGINT) save ``last.ckpt`` at the next batch end and exit
 with 143 / 130 (128 + the signal, as a shell reports it) without testing; a second Ctrl-C stops at
-once (exit 130, the previous ``last.ckpt`` kept).
+once (Lightning's interrupt handling, exit 1; the previous ``last.ckpt`` kept). Under DDP a rank
+that fails ends the job: the others fail at their next collective (at once when it crashed,
+after ``trainer.ddp_timeout_s`` when it hangs) and rank 0 kills the ranks it launched.
 """
 
 from __future__ import annotations
@@ -168,6 +170,18 @@ def hardware() -> dict[str, Any]:
 
 
 # ---------------------------------------------------------------------------------- build
+def strategy_of(t: Any) -> Any:
+    """``trainer.strategy``, with DDP's collectives bounded by ``trainer.ddp_timeout_s``."""
+    if t.strategy in ("ddp", "ddp_spawn"):
+        from lightning.pytorch.strategies import DDPStrategy
+
+        timeout = datetime.timedelta(seconds=t.ddp_timeout_s)
+        return DDPStrategy(
+            start_method="spawn" if t.strategy == "ddp_spawn" else "popen", timeout=timeout
+        )
+    return t.strategy
+
+
 def build_trainer(config: Config, run_dir: Path) -> tuple[L.Trainer, dict[str, Any]]:
     t = config.trainer
     os.environ.setdefault("WANDB_SILENT", "true")
@@ -222,7 +236,7 @@ def build_trainer(config: Config, run_dir: Path) -> tuple[L.Trainer, dict[str, A
         accelerator=t.accelerator,
         devices=t.devices,
         num_nodes=t.num_nodes,
-        strategy=t.strategy,
+        strategy=strategy_of(t),
         precision=t.precision,
         val_check_interval=t.val_check_interval,
         limit_val_batches=t.limit_val_batches,
@@ -468,15 +482,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any] | None:
                 flush=True,
             )
         sys.exit(128 + int(stopped_by))
-    if trainer.interrupted:  # a second Ctrl-C: Lightning stopped at once, nothing more is saved
-        if trainer.is_global_zero:
-            print(
-                f"interrupted; continue from the last checkpoint with: "
-                f"python -m hmrnn.train resume={run_dir}",
-                file=sys.stderr,
-                flush=True,
-            )
-        sys.exit(128 + int(signal.SIGINT))
+    except BaseException:
+        end_other_ranks(trainer)  # a failed rank ends the whole job, none is left waiting
+        raise
     metrics = scalar_metrics(trainer)  # the last logged values of training and validation
     if config.test:
         best = parts["checkpoint"].best_model_path
@@ -492,6 +500,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any] | None:
     atomic_write(run_dir / "results.json", json.dumps(results, indent=2, default=str))
     print_summary(results)
     return results
+
+
+def end_other_ranks(trainer: L.Trainer) -> None:
+    """Kill the DDP ranks this process launched (Lightning kills them only on Ctrl-C)."""
+    for proc in getattr(trainer.strategy.launcher, "procs", None) or []:
+        if proc.poll() is None:
+            proc.kill()
 
 
 def cli() -> None:

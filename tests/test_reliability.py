@@ -186,3 +186,65 @@ def test_a_full_disk_while_checkpointing_stops_the_run_and_keeps_the_previous_ch
     last = torch.load(folder / "last.ckpt", map_location="cpu", weights_only=True)
     assert last["global_step"] == 8, "the checkpoint before the disk filled up, whole"
     assert not list(folder.glob(".*.tmp")), "no half-written file is left"
+
+
+FAULTY_RANK = """
+import sys, time
+from hmrnn import train
+from hmrnn.lit.module import LitCharLM
+
+original = LitCharLM._step
+
+def step(self, split, batch):
+    if split == "train" and self.trainer.global_rank == 1 and self.trainer.global_step == 5:
+        if "hang" in sys.argv[0]:
+            time.sleep(3600)
+        raise RuntimeError("injected failure on rank 1 at step 5")
+    return original(self, split, batch)
+
+LitCharLM._step = step
+train.cli()
+"""
+
+
+def alive_with(marker: str) -> list[int]:
+    """Pids of live (not zombie) processes whose command line mentions ``marker``."""
+    pids = []
+    for proc in Path("/proc").iterdir():
+        try:
+            if not proc.name.isdigit():
+                continue
+            command = (proc / "cmdline").read_bytes().decode(errors="ignore")
+            state = (proc / "stat").read_text().rsplit(")", 1)[-1].split()[0]
+        except OSError:
+            continue
+        if marker in command and state != "Z":
+            pids.append(int(proc.name))
+    return pids
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("fault", ["crash", "hang"])
+def test_one_ddp_rank_failing_ends_the_whole_job_in_bounded_time(
+    tmp_path: Path, fault: str
+) -> None:
+    import subprocess
+    import sys
+    import time
+
+    script = tmp_path / f"rank1_{fault}.py"
+    script.write_text(FAULTY_RANK)
+    args = [*TINY, f"out_dir={tmp_path}", "logger.mode=disabled", "trainer.max_steps=30"]
+    args += ["trainer.devices=2", "trainer.strategy=ddp", "trainer.ddp_timeout_s=15"]
+    started = time.time()
+    result = subprocess.run(
+        [sys.executable, str(script), *args], capture_output=True, text=True, timeout=240
+    )
+    took = time.time() - started
+    assert result.returncode != 0
+    if fault == "crash":
+        assert "injected failure on rank 1 at step 5" in result.stderr and took < 120
+    else:
+        assert "Timed out" in result.stderr and took < 15 + 120
+    time.sleep(1)
+    assert alive_with(str(script)) == [], "no rank is left behind"
