@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
+import errno
 import json
 import math
 import os
@@ -517,6 +518,18 @@ def cli() -> None:
         sys.exit(2)
     except (NonFiniteError, CheckpointWriteError) as error:
         print(f"error: {error}", file=sys.stderr)
+        sys.exit(1)
+    except OSError as error:
+        if error.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        where = f" while writing {error.filename}" if error.filename else ""
+        run = os.environ.get("HMRNN_RUN_NAME", "<run>")
+        print(
+            f"error: no space left on the device{where}; the run stopped and its last complete "
+            f"checkpoint is intact: free space, then continue with "
+            f"python -m hmrnn.train resume=<out_dir>/{run}",
+            file=sys.stderr,
+        )
         sys.exit(1)
 
 

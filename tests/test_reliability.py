@@ -248,3 +248,34 @@ def test_one_ddp_rank_failing_ends_the_whole_job_in_bounded_time(
         assert "Timed out" in result.stderr and took < 15 + 120
     time.sleep(1)
     assert alive_with(str(script)) == [], "no rank is left behind"
+
+
+def test_a_full_disk_while_writing_the_logs_stops_with_one_sentence(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    import errno
+    import sys
+
+    from lightning.fabric.loggers.csv_logs import _ExperimentWriter
+
+    original = _ExperimentWriter.save
+    calls = {"n": 0}
+
+    def disk_fills_up(self) -> None:
+        calls["n"] += 1
+        if calls["n"] > 3:
+            raise OSError(errno.ENOSPC, "No space left on device", self.metrics_file_path)
+        original(self)
+
+    monkeypatch.setattr(_ExperimentWriter, "save", disk_fills_up)
+    argv = [*TINY, f"out_dir={tmp_path}", "run_name=r", "logger.mode=disabled"]
+    argv += ["trainer.max_steps=60", "trainer.checkpoint_every_n_steps=4"]
+    monkeypatch.setattr(sys, "argv", ["hmrnn.train", *argv])
+    with pytest.raises(SystemExit) as stopped:
+        train_command.cli()
+    assert stopped.value.code == 1
+    err = capsys.readouterr().err
+    assert "no space left on the device while writing" in err and "metrics.csv" in err
+    assert "resume=<out_dir>/r" in err
+    last = torch.load(tmp_path / "r/checkpoints/last.ckpt", map_location="cpu", weights_only=True)
+    assert all(torch.isfinite(v).all() for v in last["state_dict"].values())
