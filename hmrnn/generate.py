@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from hmrnn.checkpoints import load_module, parse_arguments
 from hmrnn.config import ConfigError
 from hmrnn.drawing import segment_colours, write_png, write_svg
 
@@ -37,27 +38,7 @@ DEFAULTS = {
 }
 
 
-def parse(argv: list[str]) -> tuple[Path, dict[str, str]]:
-    if not argv or "=" in argv[0]:
-        raise ConfigError("usage: python -m hmrnn.generate <checkpoint> [key=value ...]")
-    options = dict(DEFAULTS)
-    for arg in argv[1:]:
-        key, sep, value = arg.partition("=")
-        if not sep or key not in DEFAULTS:
-            raise ConfigError(
-                f"argument {arg!r}: expected one of {', '.join(DEFAULTS)} as key=value"
-            )
-        options[key] = value
-    path = Path(argv[0])
-    if not path.is_file():
-        raise ConfigError(f"checkpoint {path} does not exist")
-    return path, options
-
-
-def sample_handwriting(checkpoint: Path, options: dict[str, str]) -> list[Path]:
-    from hmrnn.lit.handwriting import LitHandwriting
-
-    module = LitHandwriting.load_from_checkpoint(checkpoint, map_location="cpu").eval()
+def sample_handwriting(module: Any, options: dict[str, str]) -> list[Path]:
     generator = torch.Generator().manual_seed(int(options["seed"]))
     points, bounds = module.model.generate(
         int(options["length"]), 1, generator, float(options["temperature"])
@@ -123,13 +104,10 @@ def marked(symbols: list[str], bounds: np.ndarray, detectors: int) -> str:
     return "".join(out)
 
 
-def generate_text(checkpoint: Path, options: dict[str, str]) -> str:
-    from hmrnn.lit.module import LitCharLM
-
-    module = LitCharLM.load_from_checkpoint(checkpoint, map_location="cpu").eval()
+def generate_text(module: Any, options: dict[str, str]) -> str:
     vocab = list(module.hparams.vocab or [])
     if not vocab:
-        raise ConfigError(f"{checkpoint} holds no vocabulary, so its symbols cannot be printed")
+        raise ConfigError("the checkpoint holds no vocabulary, so its symbols cannot be printed")
     delimiters = list(module.hparams.get("delimiters") or [0])
     ids, bounds = sample_text(
         module.model,
@@ -149,15 +127,15 @@ def generate_text(checkpoint: Path, options: dict[str, str]) -> str:
 
 
 def main(argv: list[str] | None = None) -> list[Path] | str:
-    checkpoint, options = parse(sys.argv[1:] if argv is None else argv)
-    hparams = torch.load(checkpoint, map_location="cpu", weights_only=True).get(
-        "hyper_parameters", {}
+    checkpoint, options = parse_arguments(
+        sys.argv[1:] if argv is None else argv, DEFAULTS, "hmrnn.generate"
     )
-    if "mean" not in hparams:
-        text = generate_text(checkpoint, options)
+    module = load_module(checkpoint)
+    if "mean" not in module.hparams:
+        text = generate_text(module, options)
         print(text)
         return text
-    written = sample_handwriting(checkpoint, options)
+    written = sample_handwriting(module, options)
     print("\n".join(str(p) for p in written))
     return written
 

@@ -41,6 +41,7 @@ import yaml
 from hmrnn.compose import compose
 from hmrnn.config import ConfigError
 from hmrnn.io import atomic_write
+from hmrnn.report import read_csv_history
 from hmrnn.train import default_run_name
 
 # W&B settings keys the sweeps package 0.2 rejects although wandb accepts them
@@ -183,17 +184,8 @@ class SweepState:
 # --------------------------------------------------------------------------- run outcome
 def read_history(run_dir: Path, metric: str) -> list[dict[str, float]]:
     """The validation rows of a run's CSV log that hold ``metric``, in order."""
-    path = run_dir / "csv" / "metrics.csv"
-    if not path.is_file():
-        return []
-    import csv
-
-    rows = []
-    with path.open(newline="") as f:
-        for row in csv.DictReader(f):
-            if row.get(metric):
-                rows.append({metric: float(row[metric]), "_step": float(row.get("step") or 0)})
-    return rows
+    rows = read_csv_history(run_dir / "csv" / "metrics.csv")
+    return [{metric: row[metric], "_step": row.get("step", 0.0)} for row in rows if metric in row]
 
 
 def engine_run(run: dict[str, Any]) -> Any:

@@ -24,6 +24,7 @@ import lightning as L
 import numpy as np
 import torch
 
+from hmrnn.checkpoints import load_module, parse_arguments
 from hmrnn.config import ConfigError
 from hmrnn.drawing import segment_colours, write_png_panels, write_svg
 from hmrnn.strips import Strip, normalise, png_strips, write_strips
@@ -158,41 +159,13 @@ class BoundaryFigures(L.Callback):
 
 # -------------------------------------------------------------------------------- command
 def parse(argv: list[str]) -> tuple[Path, dict[str, str]]:
-    if not argv or "=" in argv[0]:
-        raise ConfigError("usage: python -m hmrnn.visualize <checkpoint> [key=value ...]")
-    options = dict(DEFAULTS)
-    for arg in argv[1:]:
-        key, sep, value = arg.partition("=")
-        if not sep or key not in DEFAULTS:
-            raise ConfigError(
-                f"argument {arg!r}: expected one of {', '.join(DEFAULTS)} as key=value"
-            )
-        options[key] = value
+    path, options = parse_arguments(argv, DEFAULTS, "hmrnn.visualize")
     if options["split"] not in SPLITS:
         raise ConfigError(f"split={options['split']!r}: choose valid, test or train")
     for key in ("offset", "length", "warmup"):
         if not options[key].isdigit():
             raise ConfigError(f"{key}={options[key]!r} must be a non-negative integer")
-    path = Path(argv[0])
-    if not path.is_file():
-        raise ConfigError(f"checkpoint {path} does not exist")
     return path, options
-
-
-def load_module(checkpoint: Path) -> Any:
-    """The LightningModule a checkpoint holds (character LM or handwriting), on the CPU."""
-    hparams = torch.load(checkpoint, map_location="cpu", weights_only=True).get(
-        "hyper_parameters", {}
-    )
-    if "config" not in hparams:
-        raise ConfigError(f"{checkpoint} is not a checkpoint written by hmrnn.train")
-    if "mean" in hparams:
-        from hmrnn.lit.handwriting import LitHandwriting
-
-        return LitHandwriting.load_from_checkpoint(checkpoint, map_location="cpu").eval()
-    from hmrnn.lit.module import LitCharLM
-
-    return LitCharLM.load_from_checkpoint(checkpoint, map_location="cpu").eval()
 
 
 def main(argv: list[str] | None = None) -> list[Path]:

@@ -143,11 +143,18 @@ class NonFinite(L.Callback):
         self, trainer: L.Trainer, pl_module: L.LightningModule, optimizer: Any
     ) -> None:
         culprit = "the training loss" if self.loss_bad else ""
-        if not culprit:
-            for name, p in pl_module.named_parameters():
-                if p.grad is not None and not bool(torch.isfinite(p.grad).all()):
-                    culprit = f"the gradient of {name}"
-                    break
+        grads = [p.grad for p in pl_module.parameters() if p.grad is not None]
+        # one fused pass over every gradient; the parameter is looked up only when one is bad
+        if (
+            not culprit
+            and grads
+            and not bool(torch.stack(torch._foreach_norm(grads)).isfinite().all())
+        ):
+            culprit = next(
+                f"the gradient of {name}"
+                for name, p in pl_module.named_parameters()
+                if p.grad is not None and not bool(torch.isfinite(p.grad).all())
+            )
         bad = trainer.strategy.reduce_boolean_decision(bool(culprit), all=False)
         self.loss_bad = False
         if not bad:
