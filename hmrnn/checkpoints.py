@@ -5,9 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from hmrnn.config import ConfigError
+from hmrnn.lit.checkpoint_io import read_checkpoint
 
 
 def parse_arguments(
@@ -33,10 +32,8 @@ def parse_arguments(
 
 def load_module(checkpoint: Path) -> Any:
     """The LightningModule a checkpoint holds (character LM or handwriting), on the CPU, in
-    evaluation mode."""
-    hparams = torch.load(checkpoint, map_location="cpu", weights_only=True).get(
-        "hyper_parameters", {}
-    )
+    evaluation mode; CheckpointError (a ConfigError) when the file is corrupt."""
+    hparams = read_checkpoint(checkpoint).get("hyper_parameters", {})  # verified by its digest
     if "config" not in hparams:
         raise ConfigError(f"{checkpoint} is not a checkpoint written by hmrnn.train")
     if "mean" in hparams:

@@ -172,6 +172,15 @@ class TrainerConfig:
     """A NaN or inf training loss or gradient: ``stop`` the run with an error naming the step
     (``last.ckpt`` keeps the last good state), or ``skip`` the batch (no update) and count it
     (``train/skipped_batches``)."""
+    slurm_requeue: bool = True
+    """In a SLURM job, SIGUSR1 (``#SBATCH --signal=B:USR1@120``, sent before the time limit)
+    saves ``last.ckpt`` and requeues the job (``scontrol requeue``); the requeued job runs the
+    same command, which continues the run. Elsewhere SIGUSR1 saves and stops, as SIGTERM does."""
+    min_free_mb: int = 100
+    """Before each checkpoint (and at each validation) the run checks the free space where it
+    writes: with less than the last checkpoint's size plus this many MB it stops with an error
+    naming the folder, keeping the checkpoints it has (W&B's writer fails silently on a full
+    disk). 0 turns the check off."""
     enable_progress_bar: bool = True
     """Show the progress bar."""
 

@@ -47,7 +47,6 @@ from hmrnn.evaluate import boundary_report, run_split
 from hmrnn.io import atomic_write
 from hmrnn.lit.base import LitBase
 from hmrnn.lit.callbacks import (
-    CheckpointWriteError,
     NonFinite,
     NonFiniteError,
     ResumeCheckpoint,
@@ -55,27 +54,61 @@ from hmrnn.lit.callbacks import (
     SlopeAnnealing,
     Throughput,
 )
+from hmrnn.lit.checkpoint_io import (
+    AtomicCheckpointIO,
+    CheckpointError,
+    CheckpointWriteError,
+    read_checkpoint,
+    run_folder_of,
+)
 from hmrnn.lit.handwriting import LitHandwriting
 from hmrnn.lit.module import LitCharLM
 from hmrnn.visualize import BoundaryFigures
 
-
 # ------------------------------------------------------------------------------ run folder
+RUN_DIR: Path | None = None  # the folder of the run main() started, once known
+
+
 def resolve_resume(path: str) -> tuple[Path, Path]:
-    """(run folder, checkpoint) from ``resume=``: a run folder or a checkpoint file."""
+    """(run folder, checkpoint) from ``resume=``: a run folder (its newest readable checkpoint:
+    ``last.ckpt``, else ``previous.ckpt``) or a checkpoint file."""
     target = Path(path)
     if target.is_dir():
-        ckpt = target / "checkpoints" / "last.ckpt"
-        if not ckpt.is_file():
-            raise ConfigError(
-                f"resume={path!r}: {ckpt} does not exist, so there is nothing to "
-                "resume; start a new run without resume="
-            )
-        return target, ckpt
+        return target, newest_readable(target, f"resume={path!r}")
     if target.is_file():
-        run_dir = target.parent.parent if target.parent.name == "checkpoints" else target.parent
-        return run_dir, target
+        return run_folder_of(target), target
     raise ConfigError(f"resume={path!r} is neither a run folder nor a checkpoint file")
+
+
+def newest_readable(run_dir: Path, what: str) -> Path:
+    """``last.ckpt`` if it reads and verifies, else ``previous.ckpt`` (with a warning saying
+    why); ConfigError when neither is usable."""
+    folder = run_dir / "checkpoints"
+    problems = []
+    for name in ("last.ckpt", "previous.ckpt"):
+        ckpt = folder / name
+        if not ckpt.is_file():
+            continue
+        try:
+            read_checkpoint(ckpt)
+        except CheckpointError as error:
+            problems.append(str(error))
+            continue
+        if problems:  # set the damaged one aside, so that the next save does not keep it
+            damaged = folder / "last.ckpt"
+            os.replace(damaged, damaged.with_name("last.ckpt.damaged"))
+            print(
+                f"warning: {problems[0]}; resuming from {ckpt} instead (the damaged file is "
+                "kept as last.ckpt.damaged)",
+                file=sys.stderr,
+            )
+        return ckpt
+    if problems:
+        raise ConfigError(f"{what}: no usable checkpoint: {'; '.join(problems)}")
+    raise ConfigError(
+        f"{what}: {folder / 'last.ckpt'} does not exist, so there is nothing to resume; start "
+        "a new run without resume="
+    )
 
 
 def load_config(argv: list[str]) -> tuple[Config, DictConfig, Path | None]:
@@ -144,6 +177,58 @@ def run_folder(config: Config) -> Path:
     return Path(config.out_dir) / config.run_name
 
 
+def continue_same_run(argv: list[str], config: Config, run_dir: Path) -> tuple[Config, Path | None]:
+    """The same command started again (a plain restart, a SLURM requeue) continues its run.
+
+    An existing run folder with a checkpoint is resumed when the command's settings equal those
+    it saved (as with ``resume=<run folder>``); one with other settings or a finished run
+    (``results.json``) is refused, so that nothing is overwritten. A folder without a checkpoint
+    (a run killed before its first one) is started again.
+    """
+    if (run_dir / "results.json").is_file():
+        raise ConfigError(
+            f"run folder {run_dir} holds a finished run (results.json); choose another run_name "
+            "(or out_dir), or remove that folder to run it again"
+        )
+    saved_yaml = run_dir / "config.yaml"
+    checkpoints = [run_dir / "checkpoints" / n for n in ("last.ckpt", "previous.ckpt")]
+    if not saved_yaml.is_file() or not any(c.is_file() for c in checkpoints):
+        return config, None
+    cfg = OmegaConf.merge(OmegaConf.structured(Config), OmegaConf.load(saved_yaml))
+    saved: Config = OmegaConf.to_object(cfg)  # type: ignore[assignment]
+    changed = differences(saved, config)
+    if changed:
+        key, (there, here) = next(iter(changed.items()))
+        raise ConfigError(
+            f"run folder {run_dir} holds a run with {key}={there!r}, but this command sets "
+            f"{here!r}; continue that run with python -m hmrnn.train resume={run_dir} "
+            f"[{key}=...], or choose another run_name"
+        )
+    print(f"{run_dir} holds this run's checkpoint: continuing it", file=sys.stderr, flush=True)
+    config, _, ckpt = load_config([*argv, f"resume={run_dir}"])
+    return config, ckpt
+
+
+def differences(saved: Config, new: Config) -> dict[str, tuple[Any, Any]]:
+    """Settings (dotted keys) that differ between a run's saved configuration and a command's,
+    leaving out where the run lives and, for a size-matched LSTM, the size it was given."""
+
+    def flat(value: Any, prefix: str = "") -> dict[str, Any]:
+        if isinstance(value, dict):
+            out: dict[str, Any] = {}
+            for key, item in value.items():
+                out |= flat(item, f"{prefix}{key}.")
+            return out
+        return {prefix[:-1]: value}
+
+    ignored = {"resume", "run_name", "out_dir"}
+    if saved.model.name == "lstm" and saved.model.match_parameters:
+        ignored.add("model.hidden_size")
+    a, b = flat(dataclasses.asdict(saved)), flat(dataclasses.asdict(new))
+    keys = [k for k in a if k not in ignored and a[k] != b.get(k)]
+    return {k: (a[k], b.get(k)) for k in keys}
+
+
 def git_commit() -> str:
     try:
         out = subprocess.run(
@@ -183,6 +268,17 @@ def strategy_of(t: Any) -> Any:
     return t.strategy
 
 
+def plugins_of() -> list[Any]:
+    """Atomic, digest-checked checkpoint files; under SLURM, no requeue by Lightning (its
+    SIGUSR1 handler saves at any batch; ours saves where a resume is exact, then requeues)."""
+    from lightning.fabric.plugins.environments import SLURMEnvironment
+
+    plugins: list[Any] = [AtomicCheckpointIO()]
+    if SLURMEnvironment.detect():
+        plugins.append(SLURMEnvironment(auto_requeue=False))
+    return plugins
+
+
 def build_trainer(config: Config, run_dir: Path) -> tuple[L.Trainer, dict[str, Any]]:
     t = config.trainer
     os.environ.setdefault("WANDB_SILENT", "true")
@@ -212,7 +308,9 @@ def build_trainer(config: Config, run_dir: Path) -> tuple[L.Trainer, dict[str, A
         enable_version_counter=False,
     )
     throughput = Throughput()
-    resume = ResumeCheckpoint(run_dir / "checkpoints" / "last.ckpt", t.checkpoint_every_n_steps)
+    resume = ResumeCheckpoint(
+        run_dir / "checkpoints" / "last.ckpt", t.checkpoint_every_n_steps, t.min_free_mb
+    )
     callbacks: list[L.Callback] = [
         checkpoint,
         resume,
@@ -248,6 +346,7 @@ def build_trainer(config: Config, run_dir: Path) -> tuple[L.Trainer, dict[str, A
         use_distributed_sampler=False,  # contiguous per-rank shards keep the carried state valid
         num_sanity_val_steps=0,
         default_root_dir=str(run_dir),
+        plugins=plugins_of(),
         logger=loggers,
         callbacks=callbacks,
     )
@@ -304,11 +403,11 @@ def preflight(config: Config, dm: Any) -> None:
 def check_checkpoint(ckpt: Path, config: Config, dm: Any) -> None:
     """ConfigError unless ``ckpt`` can be read and holds this run's model and vocabulary."""
     try:
-        saved = torch.load(ckpt, map_location="cpu", weights_only=True)
-    except Exception as error:  # pickle, zip and OS errors alike: the file is not usable
+        saved = read_checkpoint(ckpt)
+    except CheckpointError as error:
         raise ConfigError(
-            f"resume: cannot read {ckpt} ({type(error).__name__}: {str(error)[:120]}); it is "
-            "corrupt or half-written: resume from another checkpoint of the run"
+            f"resume: {error}: resume from another checkpoint of the run (resume=<run folder> "
+            "takes the newest readable one)"
         ) from error
     hparams = saved.get("hyper_parameters", {}) if isinstance(saved, dict) else {}
     model = hparams.get("config", {}).get("model", {})
@@ -441,6 +540,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any] | None:
     started = time.time()
     config, _, ckpt = load_config(argv)
     run_dir = run_folder(config)
+    global RUN_DIR
+    RUN_DIR = run_dir  # for the error messages of cli()
+    if ckpt is None and run_dir.is_dir():
+        config, ckpt = continue_same_run(argv, config, run_dir)
     L.seed_everything(config.seed, workers=True, verbose=False)
     dm = build_datamodule(config.data)
     try:
@@ -476,12 +579,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any] | None:
     except SIGTERMException:
         stopped_by = parts["resume"].stop_signal or signal.SIGTERM
         if trainer.is_global_zero:
-            print(
-                f"stopped by {signal.Signals(stopped_by).name}; continue with: "
-                f"python -m hmrnn.train resume={run_dir}",
-                file=sys.stderr,
-                flush=True,
-            )
+            print(after_stop(stopped_by, run_dir, config), file=sys.stderr, flush=True)
         sys.exit(128 + int(stopped_by))
     except BaseException:
         end_other_ranks(trainer)  # a failed rank ends the whole job, none is left waiting
@@ -503,6 +601,29 @@ def main(argv: list[str] | None = None) -> dict[str, Any] | None:
     return results
 
 
+def after_stop(signum: int, run_dir: Path, config: Config) -> str:
+    """What happens next, after a signal stopped the run; SIGUSR1 in a SLURM job (sent before
+    its time limit) requeues the job, whose restart continues the run."""
+    again = f"continue with: python -m hmrnn.train resume={run_dir}"
+    job = slurm_job_id()
+    if signum == signal.SIGUSR1 and job and config.trainer.slurm_requeue:
+        try:
+            subprocess.run(
+                ["scontrol", "requeue", job], check=True, capture_output=True, text=True, timeout=60
+            )
+            again = f"requeued SLURM job {job}; its restart continues the run"
+        except (OSError, subprocess.SubprocessError) as error:
+            detail = str(getattr(error, "stderr", "") or error).strip()
+            again = f"scontrol requeue {job} failed ({detail}); resubmit the job, or {again}"
+    return f"stopped by {signal.Signals(signum).name}; {again}"
+
+
+def slurm_job_id() -> str:
+    """The id ``scontrol requeue`` takes: ``<array job>_<task>`` in a job array."""
+    array, task = os.environ.get("SLURM_ARRAY_JOB_ID"), os.environ.get("SLURM_ARRAY_TASK_ID")
+    return f"{array}_{task}" if array and task else os.environ.get("SLURM_JOB_ID", "")
+
+
 def end_other_ranks(trainer: L.Trainer) -> None:
     """Kill the DDP ranks this process launched (Lightning kills them only on Ctrl-C)."""
     for proc in getattr(trainer.strategy.launcher, "procs", None) or []:
@@ -514,23 +635,33 @@ def cli() -> None:
     try:
         main()
     except ConfigError as error:
-        print(f"error: {error}", file=sys.stderr)
-        sys.exit(2)
+        fail(str(error), 2)
     except (NonFiniteError, CheckpointWriteError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        sys.exit(1)
+        fail(str(error), 1)
     except OSError as error:
         if error.errno not in (errno.ENOSPC, errno.EDQUOT):
             raise
-        where = f" while writing {error.filename}" if error.filename else ""
-        run = os.environ.get("HMRNN_RUN_NAME", "<run>")
-        print(
-            f"error: no space left on the device{where}; the run stopped and its last complete "
+        target = error.filename2 or error.filename  # a copy names its source, then its target
+        where = f" while writing {target}" if target else ""
+        fail(
+            f"no space left on the device{where}; the run stopped and its last complete "
             f"checkpoint is intact: free space, then continue with "
-            f"python -m hmrnn.train resume=<out_dir>/{run}",
-            file=sys.stderr,
+            f"python -m hmrnn.train resume={RUN_DIR or '<run folder>'}",
+            1,
         )
-        sys.exit(1)
+
+
+def fail(message: str, code: int) -> None:
+    """Exit with ``error: <message>`` as the last thing on stderr.
+
+    W&B's teardown at exit reports its own failures (on a full disk, pages of them, which would
+    bury the one sentence that matters): logging is turned off first.
+    """
+    import logging
+
+    logging.disable(logging.CRITICAL)
+    print(f"error: {message}", file=sys.stderr, flush=True)
+    sys.exit(code)
 
 
 if __name__ == "__main__":

@@ -38,6 +38,21 @@ def poison(monkeypatch: pytest.MonkeyPatch, where: str) -> None:
     monkeypatch.setattr(LitCharLM, "_step", step)
 
 
+def cli_fails(
+    tmp: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture, max_steps: int
+) -> str:
+    """Run the command line (``cli``) of a tiny run that must exit 1; its last stderr line."""
+    import sys
+
+    argv = [*TINY, f"out_dir={tmp}", "run_name=r", "logger.mode=disabled"]
+    argv += [f"trainer.max_steps={max_steps}", "trainer.checkpoint_every_n_steps=4"]
+    monkeypatch.setattr(sys, "argv", ["hmrnn.train", *argv])
+    with pytest.raises(SystemExit) as stopped:
+        train_command.cli()
+    assert stopped.value.code == 1
+    return capsys.readouterr().err.strip().splitlines()[-1]
+
+
 def run(tmp: Path, *args: str) -> dict:
     argv = [*TINY, f"out_dir={tmp}", "run_name=r", "logger.mode=disabled", "trainer.max_steps=20"]
     return train_command.main([*argv, "trainer.checkpoint_every_n_steps=4", *args])
@@ -144,9 +159,9 @@ def test_resuming_from_a_foreign_corrupt_or_mismatched_checkpoint_is_refused(
     ):
         train_command.main(resume)
 
-    last.write_bytes(good[: len(good) // 2])  # half-written
+    last.write_bytes(good[: len(good) // 2])  # half-written, and named: refused
     with pytest.raises(ConfigError, match=r"cannot read .*last.ckpt.*corrupt or half-written"):
-        train_command.main(resume)
+        train_command.main([f"resume={last}", "logger.mode=disabled"])
 
     last.write_bytes(good)  # the data's vocabulary changed since the run started
     from datamodules.synthetic import SyntheticDataModule
@@ -162,30 +177,96 @@ def test_resuming_from_a_foreign_corrupt_or_mismatched_checkpoint_is_refused(
         train_command.main(resume)
 
 
+@pytest.mark.parametrize("name", ["last", "best"])
 def test_a_full_disk_while_checkpointing_stops_the_run_and_keeps_the_previous_checkpoint(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, name: str
 ) -> None:
     import errno
 
-    import lightning as L
+    from hmrnn.lit import checkpoint_io
+    from hmrnn.lit.checkpoint_io import CheckpointWriteError
 
-    from hmrnn.lit.callbacks import CheckpointWriteError
+    real_save, writes = checkpoint_io.torch.save, []
 
-    original = L.Trainer.save_checkpoint
+    def disk_fills_up(checkpoint, f):
+        if f.name.endswith(f".{name}.ckpt.tmp"):
+            writes.append(checkpoint["global_step"])
+            if len(writes) == 2:  # the second write of that file meets a full disk, halfway
+                f.write(b"half a checkpoint")
+                raise OSError(errno.ENOSPC, "No space left on device")
+        real_save(checkpoint, f)
 
-    def disk_fills_up(self, filepath, *args, **kwargs):
-        if self.global_step >= 10 and "last" in str(filepath):
-            Path(filepath).write_bytes(b"half a checkpoint")  # what a full disk leaves behind
-            raise OSError(errno.ENOSPC, "No space left on device")
-        return original(self, filepath, *args, **kwargs)
-
-    monkeypatch.setattr(L.Trainer, "save_checkpoint", disk_fills_up)
-    with pytest.raises(CheckpointWriteError, match=r"No space left on device.*previous last.ckpt"):
-        run(tmp_path)
+    monkeypatch.setattr(checkpoint_io.torch, "save", disk_fills_up)
+    with pytest.raises(CheckpointWriteError, match=rf"No space left.*previous {name}.ckpt is"):
+        run(tmp_path, "trainer.val_check_interval=5", "data.train_chars=60000")
     folder = tmp_path / "r" / "checkpoints"
-    last = torch.load(folder / "last.ckpt", map_location="cpu", weights_only=True)
-    assert last["global_step"] == 8, "the checkpoint before the disk filled up, whole"
+    kept = torch.load(folder / f"{name}.ckpt", map_location="cpu", weights_only=True)
+    assert kept["global_step"] == writes[0], "the file before the disk filled up, whole"
+    checkpoint_io.verify(kept, folder / f"{name}.ckpt")
     assert not list(folder.glob(".*.tmp")), "no half-written file is left"
+
+
+@pytest.mark.parametrize(("free_mb", "saved"), [(50.0, True), (0.5, False)])
+def test_the_run_stops_before_the_disk_is_full(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture,
+    free_mb: float,
+    saved: bool,
+) -> None:
+    """``trainer.min_free_mb``: W&B's writer fails silently on a full disk, so the run looks
+    ahead; it saves once more when that still fits."""
+    import shutil
+
+    from hmrnn.lit import callbacks
+
+    real = shutil.disk_usage
+    state = {"step": 0}
+
+    class Step(callbacks.L.Callback):
+        def on_train_batch_start(self, trainer, *args) -> None:
+            state["step"] = trainer.global_step
+
+    def disk_usage(path):
+        usage = real(path)
+        if state["step"] < 10:
+            return usage
+        return usage._replace(free=int(free_mb * 2**20))
+
+    monkeypatch.setattr(callbacks.shutil, "disk_usage", disk_usage)
+    original = train_command.build_trainer
+
+    def with_step(config, run_dir):
+        trainer, parts = original(config, run_dir)
+        trainer.callbacks.insert(0, Step())
+        return trainer, parts
+
+    monkeypatch.setattr(train_command, "build_trainer", with_step)
+    err = cli_fails(tmp_path, monkeypatch, capsys, max_steps=20)
+    assert err.startswith(f"error: only {free_mb:.0f} MB are free on the file system of ")
+    assert "trainer.min_free_mb=100" in err and f"resume={tmp_path / 'r'}" in err
+    last = torch.load(tmp_path / "r/checkpoints/last.ckpt", map_location="cpu", weights_only=True)
+    if saved:
+        assert "saved last.ckpt at step 12" in err and last["global_step"] == 12
+    else:
+        assert "last.ckpt is intact" in err and last["global_step"] == 8
+    assert not (tmp_path / "r" / "results.json").exists()
+
+
+def test_the_same_command_again_refuses_a_finished_run_or_other_settings(
+    tmp_path: Path,
+) -> None:
+    from hmrnn.config import ConfigError
+
+    run(tmp_path, "trainer.max_steps=8")
+    with pytest.raises(ConfigError, match=r"holds a finished run \(results.json\); choose"):
+        run(tmp_path, "trainer.max_steps=8")
+    (tmp_path / "r" / "results.json").unlink()  # as if killed while testing
+    with pytest.raises(
+        ConfigError, match=r"holds a run with optim.lr=0.003, but this command sets 0.001; "
+    ):
+        run(tmp_path, "trainer.max_steps=8", "optim.lr=0.001")
+    assert run(tmp_path, "trainer.max_steps=8")["global_step"] == 8  # the same: it continues
 
 
 FAULTY_RANK = """
@@ -254,7 +335,6 @@ def test_a_full_disk_while_writing_the_logs_stops_with_one_sentence(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
 ) -> None:
     import errno
-    import sys
 
     from lightning.fabric.loggers.csv_logs import _ExperimentWriter
 
@@ -268,14 +348,133 @@ def test_a_full_disk_while_writing_the_logs_stops_with_one_sentence(
         original(self)
 
     monkeypatch.setattr(_ExperimentWriter, "save", disk_fills_up)
-    argv = [*TINY, f"out_dir={tmp_path}", "run_name=r", "logger.mode=disabled"]
-    argv += ["trainer.max_steps=60", "trainer.checkpoint_every_n_steps=4"]
-    monkeypatch.setattr(sys, "argv", ["hmrnn.train", *argv])
-    with pytest.raises(SystemExit) as stopped:
-        train_command.cli()
-    assert stopped.value.code == 1
-    err = capsys.readouterr().err
+    err = cli_fails(tmp_path, monkeypatch, capsys, max_steps=60)
     assert "no space left on the device while writing" in err and "metrics.csv" in err
-    assert "resume=<out_dir>/r" in err
+    assert f"resume={tmp_path / 'r'}" in err
     last = torch.load(tmp_path / "r/checkpoints/last.ckpt", map_location="cpu", weights_only=True)
     assert all(torch.isfinite(v).all() for v in last["state_dict"].values())
+
+
+def flip_a_bit(path: Path) -> None:
+    """Damage a checkpoint as a bad disk or copy would: one bit in the middle (tensor data,
+    which torch's reader loads without noticing)."""
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0x10
+    path.write_bytes(bytes(data))
+
+
+def test_a_damaged_last_checkpoint_is_detected_and_the_previous_one_resumes_bit_identically(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    from hmrnn.config import ConfigError
+    from hmrnn.lit.checkpoint_io import CheckpointError, read_checkpoint
+    from tests.test_train import assert_same_parameters, step_of
+
+    run(tmp_path / "whole")  # 20 steps, last.ckpt every 4
+    run(tmp_path / "cut", "trainer.max_steps=12")
+    folder = tmp_path / "cut" / "r" / "checkpoints"
+    assert (step_of(folder / "last.ckpt"), step_of(folder / "previous.ckpt")) == (12, 8)
+    flip_a_bit(folder / "last.ckpt")
+    with pytest.raises(CheckpointError, match=r"last.ckpt is corrupt: .* sha256 digest"):
+        read_checkpoint(folder / "last.ckpt")
+    capsys.readouterr()
+    train_command.main([f"resume={tmp_path / 'cut' / 'r'}", "trainer.max_steps=20"])
+    err = capsys.readouterr().err
+    assert "last.ckpt is corrupt" in err and "resuming from" in err and "previous.ckpt" in err
+    assert_same_parameters(folder / "last.ckpt", tmp_path / "whole/r/checkpoints/last.ckpt")
+    assert step_of(folder / "previous.ckpt") == 16, "the damaged file was not kept as previous"
+    assert (folder / "last.ckpt.damaged").is_file()
+
+    flip_a_bit(folder / "last.ckpt")  # both damaged: refused, naming both
+    flip_a_bit(folder / "previous.ckpt")
+    with pytest.raises(ConfigError, match=r"no usable checkpoint: .*last.ckpt.*previous.ckpt"):
+        train_command.main([f"resume={tmp_path / 'cut' / 'r'}"])
+
+
+def tmpfs_in_a_namespace() -> list[str] | None:
+    """The ``unshare`` command that gives a process a private mount namespace in which it may
+    mount a tmpfs (as root, or through a user namespace), or None where neither works."""
+    import shutil
+    import subprocess
+
+    if shutil.which("unshare") is None:
+        return None
+    for command in (["unshare", "--mount"], ["unshare", "--user", "--map-root-user", "--mount"]):
+        probe = "d=$(mktemp -d) && mount -t tmpfs -o size=1m tmpfs $d && umount $d && rmdir $d"
+        try:
+            result = subprocess.run([*command, "sh", "-c", probe], capture_output=True, timeout=30)
+        except (OSError, subprocess.SubprocessError):
+            continue
+        if result.returncode == 0:
+            return command
+    return None
+
+
+DISK_FILLS_UP = """
+set -u
+mount -t tmpfs -o size=8m tmpfs "$DISK"
+"$PYTHON" -m hmrnn.train "$@" out_dir="$DISK" 2> "$OUT/first.err" > /dev/null &
+pid=$!
+while [ ! -f "$DISK/r/checkpoints/last.ckpt" ] && kill -0 $pid 2> /dev/null; do sleep 0.05; done
+sleep 0.5
+dd if=/dev/zero of="$DISK/filler" bs=4k 2> /dev/null
+wait $pid; echo $? > "$OUT/first.rc"
+cp -a "$DISK/r" "$OUT/at-failure"
+rm "$DISK/filler"  # space freed: continue as the error message says
+"$PYTHON" -m hmrnn.train resume="$DISK/r" 2> "$OUT/second.err" > /dev/null
+echo $? > "$OUT/second.rc"
+cp -a "$DISK/r" "$OUT/resumed"
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(tmpfs_in_a_namespace() is None, reason="cannot mount a tmpfs (unshare)")
+def test_a_real_disk_filling_up_under_wandb_stops_cleanly_and_the_run_continues_identical(
+    tmp_path: Path,
+) -> None:
+    """A tiny tmpfs filled up while the run (W&B offline, CSV, checkpoints) writes to it: the
+    run stops with one sentence as the last line, its last checkpoint whole; after freeing
+    space, ``resume=`` ends bit-identical to a run on a roomy disk."""
+    import os
+    import subprocess
+    import sys
+
+    from hmrnn.lit.checkpoint_io import read_checkpoint
+    from tests.test_train import assert_same_parameters, step_of
+
+    args = [*TINY, "run_name=r", "logger.mode=offline", "trainer.min_free_mb=0"]
+    args += ["trainer.max_steps=120", "trainer.checkpoint_every_n_steps=4"]
+    args += ["data.train_chars=60000"]
+    env = {k: v for k, v in os.environ.items() if k != "WANDB_MODE"}
+    whole = subprocess.run(
+        [sys.executable, "-m", "hmrnn.train", *args, f"out_dir={tmp_path / 'roomy'}"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert whole.returncode == 0, whole.stderr[-3000:]
+    disk, out = tmp_path / "disk", tmp_path / "out"
+    disk.mkdir()
+    out.mkdir()
+    script = tmp_path / "fill.sh"
+    script.write_text(DISK_FILLS_UP)
+    env |= {"DISK": str(disk), "OUT": str(out), "PYTHON": sys.executable}
+    subprocess.run(
+        [*tmpfs_in_a_namespace(), "sh", str(script), *args], env=env, check=True, timeout=900
+    )
+    first_err = (out / "first.err").read_text().strip().splitlines()
+    assert (out / "first.rc").read_text().strip() == "1", first_err[-30:]
+    assert first_err[-1].startswith("error: "), first_err[-30:]
+    assert "No space left on device" in first_err[-1] or "no space left" in first_err[-1]
+    assert "resume=" in first_err[-1]
+    failed = out / "at-failure" / "checkpoints"
+    read_checkpoint(failed / "last.ckpt")  # whole, its digest matches
+    assert 0 < step_of(failed / "last.ckpt") < 120
+    assert not list(failed.glob(".*.tmp")), "no half-written file is left"
+    assert list((out / "at-failure" / "wandb").glob("offline-run-*"))
+    assert (out / "second.rc").read_text().strip() == "0", (out / "second.err").read_text()
+    resumed = out / "resumed" / "checkpoints"
+    roomy = tmp_path / "roomy" / "r" / "checkpoints"
+    assert_same_parameters(resumed / "last.ckpt", roomy / "last.ckpt")
+    assert_same_parameters(resumed / "best.ckpt", roomy / "best.ckpt")

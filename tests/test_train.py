@@ -201,6 +201,181 @@ def test_sigterm_saves_a_checkpoint_exits_and_resumes_bit_identical(
     assert_same_parameters(last, uninterrupted)
 
 
+# A training whose process kills itself (SIGKILL) at a chosen point: HMRNN_KILL is
+# "last:N" / "best:N" (halfway through writing that checkpoint file the N-th time) or
+# "validation:N:B" (at batch B of the N-th validation).
+KILLER = """
+import os, signal, sys
+import torch
+from hmrnn import train
+from hmrnn.lit.checkpoint_io import AtomicCheckpointIO
+from hmrnn.lit.module import LitCharLM
+
+where, *at = os.environ["HMRNN_KILL"].split(":")
+at = [int(a) for a in at]
+seen = {"writes": 0, "validations": 0}
+save = AtomicCheckpointIO.save_checkpoint
+
+def save_checkpoint(self, checkpoint, path, storage_options=None):
+    if os.path.basename(path) == where + ".ckpt":
+        seen["writes"] += 1
+        if seen["writes"] == at[0]:
+            tmp = os.path.join(os.path.dirname(path), "." + os.path.basename(path) + ".tmp")
+            torch.save(checkpoint, tmp)
+            data = open(tmp, "rb").read()
+            with open(tmp, "wb") as f:  # what a kill halfway through the write leaves
+                f.write(data[: len(data) // 2])
+                f.flush()
+                os.fsync(f.fileno())
+            os.kill(os.getpid(), signal.SIGKILL)
+    return save(self, checkpoint, path, storage_options)
+
+validation_step = LitCharLM.validation_step
+
+def killing_validation_step(self, batch, batch_idx):
+    if batch_idx == 0:
+        seen["validations"] += 1
+    if seen["validations"] == at[0] and batch_idx == at[1]:
+        os.kill(os.getpid(), signal.SIGKILL)
+    return validation_step(self, batch, batch_idx)
+
+AtomicCheckpointIO.save_checkpoint = save_checkpoint
+if where == "validation":
+    LitCharLM.validation_step = killing_validation_step
+train.cli()
+"""
+
+
+def cut_command(tmp: Path, *extra: str) -> list[str]:
+    return [
+        sys.executable,
+        "-m",
+        "hmrnn.train",
+        *TINY,
+        f"out_dir={tmp}",
+        "run_name=cut",
+        *RESUME,
+        *extra,
+    ]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kill", ["last:3", "best:2", "validation:3:2"])
+def test_sigkill_while_writing_a_checkpoint_or_validating_then_the_same_command_ends_identical(
+    tmp_path: Path, uninterrupted: Path, kill: str
+) -> None:
+    script = tmp_path / "killer.py"
+    script.write_text(KILLER)
+    command = cut_command(tmp_path)
+    env = {**os.environ, "HMRNN_KILL": kill}
+    killed = subprocess.run(
+        [sys.executable, str(script), *command[3:]], env=env, capture_output=True, timeout=600
+    )
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
+    folder = tmp_path / "cut" / "checkpoints"
+    where = kill.split(":")[0]
+    if where != "validation":  # the half-written file is there, the one before it whole
+        assert (folder / f".{where}.ckpt.tmp").is_file()
+    steps = {
+        name: step_of(folder / name)
+        for name in ("last.ckpt", "best.ckpt")
+        if (folder / name).is_file()
+    }
+    assert 0 < steps["last.ckpt"] < 150
+    # the same command again (a plain restart) continues the run
+    again = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "holds this run's checkpoint: continuing it" in again.stderr
+    assert_same_parameters(folder / "last.ckpt", uninterrupted)
+    assert_same_parameters(folder / "best.ckpt", uninterrupted.with_name("best.ckpt"))
+    assert not list(folder.glob(".*.tmp")), "the half-written file was replaced"
+    assert (tmp_path / "cut" / "results.json").is_file()
+
+
+@pytest.mark.slow
+def test_sigkill_at_random_moments_then_the_same_command_ends_identical(
+    tmp_path: Path, uninterrupted: Path
+) -> None:
+    """Three kills at random moments (start-up, training, validation, checkpointing alike), each
+    followed by the same command, then the run to its end: the parameters equal the run that
+    was never interrupted. The seed is printed so that a failure can be replayed."""
+    import random
+
+    seed = int(os.environ.get("HMRNN_KILL_SEED", time.time_ns() % 10**6))
+    print(f"HMRNN_KILL_SEED={seed}")
+    rng = random.Random(seed)
+    command = cut_command(tmp_path)
+    kills = []
+    for _ in range(3):
+        proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        delay = rng.uniform(2.0, 12.0)
+        try:
+            proc.wait(timeout=delay)
+            break  # it finished before the kill
+        except subprocess.TimeoutExpired:
+            proc.send_signal(signal.SIGKILL)
+            proc.communicate()
+        last = tmp_path / "cut" / "checkpoints" / "last.ckpt"
+        kills.append((round(delay, 1), step_of(last) if last.is_file() else None))
+    print(f"killed after (seconds, step of last.ckpt): {kills}")
+    if not (tmp_path / "cut" / "results.json").is_file():
+        final = subprocess.run(command, capture_output=True, text=True, timeout=600)
+        assert final.returncode == 0, final.stderr[-3000:]
+    assert_same_parameters(tmp_path / "cut" / "checkpoints" / "last.ckpt", uninterrupted)
+    results = json.loads((tmp_path / "cut" / "results.json").read_text())
+    assert results["global_step"] == 150
+
+
+@pytest.mark.slow
+def test_slurm_sigusr1_saves_requeues_and_the_requeued_job_continues_identical(
+    tmp_path: Path, uninterrupted: Path
+) -> None:
+    """As in a job with ``#SBATCH --requeue --signal=B:USR1@120``: SIGUSR1 before the time
+    limit saves and calls ``scontrol requeue``; SLURM restarts the same command with the same
+    job id, which continues the run (its folder is named after the job)."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    scontrol = bin_dir / "scontrol"
+    scontrol.write_text('#!/bin/sh\necho "$@" >> "$SCONTROL_LOG"\n')
+    scontrol.chmod(0o755)
+    env = {
+        **os.environ,
+        "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}",
+        "SCONTROL_LOG": str(tmp_path / "scontrol.log"),
+        "SLURM_JOB_ID": "4242",
+        "SLURM_JOB_NAME": "hmrnn",
+        "SLURM_NTASKS": "1",
+        "SLURM_PROCID": "0",
+        "SLURM_LOCALID": "0",
+        "SLURM_NODEID": "0",
+        "SLURM_NODELIST": "localhost",
+    }
+    command = [a for a in cut_command(tmp_path) if a != "run_name=cut"]
+    proc = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    last = tmp_path / "demo-hmlstm-slurm4242" / "checkpoints" / "last.ckpt"
+    deadline = time.time() + 300
+    while not last.exists():
+        assert proc.poll() is None, proc.stderr.read().decode()[-3000:]
+        assert time.time() < deadline
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGUSR1)
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 128 + signal.SIGUSR1, stderr.decode()[-3000:]
+    assert "stopped by SIGUSR1; requeued SLURM job 4242" in stderr.decode()
+    assert (tmp_path / "scontrol.log").read_text() == "requeue 4242\n"
+    assert step_of(last) < 150
+    requeued = subprocess.run(
+        command,
+        env={**env, "SLURM_RESTART_COUNT": "1"},
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert requeued.returncode == 0, requeued.stderr[-3000:]
+    assert "holds this run's checkpoint: continuing it" in requeued.stderr
+    assert_same_parameters(last, uninterrupted)
+
+
 # ----------------------------------------------------------------------------------- DDP
 @pytest.mark.slow
 def test_two_ddp_processes_reach_the_validation_bpc_of_one(tmp_path: Path) -> None:

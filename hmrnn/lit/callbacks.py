@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import random
+import shutil
 import signal
 import threading
 import time
@@ -16,6 +18,7 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 from lightning.pytorch.utilities.rank_zero import rank_zero_info
 
 from hmrnn.config import SlopeConfig
+from hmrnn.lit.checkpoint_io import CheckpointWriteError, run_folder_of
 
 
 def slope_at(config: SlopeConfig, epoch: float) -> float:
@@ -208,10 +211,6 @@ class RNGState(L.Callback):
             self.pending = None
 
 
-class CheckpointWriteError(OSError):
-    """``last.ckpt`` could not be written (the previous one survives)."""
-
-
 class ResumeCheckpoint(L.Callback):
     """``last.ckpt`` for resuming: written atomically, only where a resume continues exactly.
 
@@ -222,22 +221,29 @@ class ResumeCheckpoint(L.Callback):
     (then it stops the run: cluster preemption, or a user stopping it; a second Ctrl-C stops at
     once), and when training ends. ``stop_signal`` names the signal that stopped the run.
 
-    The file is written to a temporary name and renamed, so a kill while writing leaves the
-    previous ``last.ckpt`` intact.
+    Before each save the current ``last.ckpt`` becomes ``previous.ckpt`` (a hard link, or a copy
+    where links are not allowed), so a run whose ``last.ckpt`` is damaged resumes from the one
+    before. Files are written by :class:`~hmrnn.lit.checkpoint_io.AtomicCheckpointIO`: to a
+    temporary name, then renamed, so a kill while writing leaves the previous file whole.
     """
 
-    def __init__(self, path: str | Path, every_n_steps: int = 0) -> None:
+    def __init__(self, path: str | Path, every_n_steps: int = 0, min_free_mb: int = 0) -> None:
         self.path = Path(path)
+        self.previous = self.path.with_name("previous.ckpt")
         self.every_n_steps = every_n_steps
+        self.min_free = min_free_mb * 2**20
         self.due = False
         self.sigterm = False
         self.stop_signal: int | None = None
+        self.short_of_space = ""
+        self.saved_step = -1
+        self._next_space_check = 0.0
         self._previous_handlers: dict[int, Any] = {}
 
     # -- triggers
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if threading.current_thread() is threading.main_thread():
-            for signum in (signal.SIGTERM, signal.SIGINT):
+            for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1):
                 self._previous_handlers[signum] = signal.getsignal(signum)
                 signal.signal(signum, self._on_signal)
 
@@ -275,9 +281,16 @@ class ResumeCheckpoint(L.Callback):
     ) -> None:
         if self.every_n_steps and trainer.global_step % self.every_n_steps == 0:
             self.due = True
+        if trainer.is_global_zero:  # rank 0 writes the files
+            self.check_space(now=self.due)
         # every rank must agree: a signal may reach only one of them
-        stop = trainer.strategy.reduce_boolean_decision(self.sigterm, all=False)
+        stop = trainer.strategy.reduce_boolean_decision(
+            self.sigterm or bool(self.short_of_space), all=False
+        )
         if (self.due or stop) and self.safe(trainer, batch_idx):
+            reason = trainer.strategy.broadcast(self.short_of_space, src=0) if stop else ""
+            if reason:
+                self.stop_for_space(trainer, reason)
             self.save(trainer)
             self.due = False
             if stop:
@@ -288,6 +301,40 @@ class ResumeCheckpoint(L.Callback):
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self.save(trainer)
 
+    # -- free space (W&B's writer fails silently on a full disk, so the run looks ahead)
+    def checkpoint_size(self) -> int:
+        sizes = [p.stat().st_size for p in (self.path, self.previous) if p.is_file()]
+        return max(sizes, default=0)
+
+    def check_space(self, now: bool = False) -> None:
+        """Sets ``short_of_space`` when the folder has less free space than a checkpoint plus
+        ``min_free_mb``; measured before each save (``now``) and at most every 5 seconds."""
+        clock = time.monotonic()
+        if not self.min_free or (clock < self._next_space_check and not now):
+            return
+        self._next_space_check = clock + 5.0
+        folder = next(p for p in (self.path.parent, *self.path.parents) if p.exists())
+        free, need = shutil.disk_usage(folder).free, self.checkpoint_size() + self.min_free
+        if free < need:
+            self.short_of_space = (
+                f"only {free / 2**20:.0f} MB are free on the file system of {folder} (a "
+                f"checkpoint takes {self.checkpoint_size() / 2**20:.0f} MB, and "
+                f"trainer.min_free_mb={self.min_free // 2**20} are kept free for the logs)"
+            )
+
+    def stop_for_space(self, trainer: L.Trainer, reason: str) -> None:
+        """Save once more if that still fits, then stop with :class:`DiskSpaceError`."""
+        folder = next(p for p in (self.path.parent, *self.path.parents) if p.exists())
+        room = shutil.disk_usage(folder).free > self.checkpoint_size() + 2**20
+        kept = f"{self.path.name} is intact"
+        if trainer.strategy.broadcast(room, src=0):
+            self.save(trainer)
+            kept = f"saved {self.path.name} at step {trainer.global_step}"
+        raise DiskSpaceError(
+            f"{reason}; the run stopped and {kept}: free space, then continue with "
+            f"python -m hmrnn.train resume={run_folder_of(self.path)}"
+        )
+
     def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         # Lightning restores its own handlers at teardown too: only undo what is still ours
         for signum, previous in self._previous_handlers.items():
@@ -296,16 +343,37 @@ class ResumeCheckpoint(L.Callback):
         self._previous_handlers = {}
 
     def save(self, trainer: L.Trainer) -> None:
-        """Write through a temporary name on rank 0 (every rank must call it)."""
-        tmp = self.path.with_name(f".{self.path.name}.tmp")
+        """Keep ``last.ckpt`` as ``previous.ckpt``, then write the new one (every rank calls it:
+        saving is collective)."""
+        if (
+            trainer.is_global_zero
+            and self.path.is_file()
+            and trainer.global_step != self.saved_step
+        ):
+            keep_as(self.path, self.previous)  # (a second save at one step only rewrites last)
+        self.saved_step = trainer.global_step
+        # atomic (AtomicCheckpointIO); collective: ends in a barrier
+        trainer.save_checkpoint(str(self.path), weights_only=False)
+
+
+class DiskSpaceError(CheckpointWriteError):
+    """The run stopped because the disk is about to fill up (``trainer.min_free_mb``)."""
+
+
+def keep_as(source: Path, target: Path) -> None:
+    """Make ``target`` a whole copy of ``source`` (a hard link where possible), atomically."""
+    tmp = target.with_name(f".{target.name}.tmp")
+    tmp.unlink(missing_ok=True)
+    try:
         try:
-            trainer.save_checkpoint(str(tmp))  # collective: ends with a barrier
-        except OSError as error:  # e.g. a full disk: the previous last.ckpt is left intact
-            tmp.unlink(missing_ok=True)
-            raise CheckpointWriteError(
-                f"writing {self.path} failed ({error.strerror or error}); the previous "
-                f"{self.path.name} is intact: free space, then resume with resume={self.path}"
-            ) from error
-        if trainer.is_global_zero:
-            tmp.replace(self.path)
-        trainer.strategy.barrier("ResumeCheckpoint.save")
+            os.link(source, tmp)
+        except OSError:  # a file system without hard links
+            shutil.copyfile(source, tmp)
+        os.replace(tmp, target)
+    except OSError as error:
+        tmp.unlink(missing_ok=True)
+        raise CheckpointWriteError(
+            f"keeping {source} as {target.name} failed ({error.strerror or error}); "
+            f"{source.name} is intact: free space, then continue with python -m hmrnn.train "
+            f"resume={run_folder_of(source)}"
+        ) from error
