@@ -17,9 +17,11 @@ after ``trainer.ddp_timeout_s`` when it hangs) and rank 0 kills the ranks it lau
 
 from __future__ import annotations
 
+import csv
 import dataclasses
 import datetime
 import errno
+import io
 import json
 import math
 import os
@@ -34,7 +36,7 @@ from typing import Any
 import lightning as L
 import torch
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint, TQDMProgressBar
-from lightning.pytorch.loggers import CSVLogger, WandbLogger
+from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
@@ -61,6 +63,7 @@ from hmrnn.lit.checkpoint_io import (
     read_checkpoint,
     run_folder_of,
 )
+from hmrnn.lit.csvlog import ResumableCSVLogger
 from hmrnn.lit.handwriting import LitHandwriting
 from hmrnn.lit.module import LitCharLM
 from hmrnn.visualize import BoundaryFigures
@@ -282,7 +285,7 @@ def plugins_of() -> list[Any]:
 def build_trainer(config: Config, run_dir: Path) -> tuple[L.Trainer, dict[str, Any]]:
     t = config.trainer
     os.environ.setdefault("WANDB_SILENT", "true")
-    loggers: list[Any] = [CSVLogger(save_dir=str(run_dir), name="csv", version="")]
+    loggers: list[Any] = [ResumableCSVLogger(save_dir=str(run_dir), name="csv", version="")]
     if config.logger.mode != "disabled":
         loggers.append(
             WandbLogger(
@@ -400,8 +403,9 @@ def preflight(config: Config, dm: Any) -> None:
         )
 
 
-def check_checkpoint(ckpt: Path, config: Config, dm: Any) -> None:
-    """ConfigError unless ``ckpt`` can be read and holds this run's model and vocabulary."""
+def check_checkpoint(ckpt: Path, config: Config, dm: Any) -> dict[str, Any]:
+    """The checkpoint ``ckpt``; ConfigError unless it can be read and holds this run's model
+    and vocabulary."""
     try:
         saved = read_checkpoint(ckpt)
     except CheckpointError as error:
@@ -424,6 +428,30 @@ def check_checkpoint(ckpt: Path, config: Config, dm: Any) -> None:
             f"data={config.data.name}'s ({len(current)}): the data files changed since the "
             "run started; restore them or start a new run"
         )
+    return saved
+
+
+def logged_through(checkpoint: dict[str, Any]) -> int | None:
+    """The ``step`` of the checkpoint's own batch in the logs: Lightning logs a batch's row under
+    the count of batches before it, which the checkpoint holds (``_batches_that_stepped``)."""
+    loop = checkpoint.get("loops", {}).get("fit_loop", {}).get("epoch_loop.state_dict", {})
+    return loop.get("_batches_that_stepped")
+
+
+def trim_log(csv_path: Path, last: int | None) -> None:
+    """Drop the CSV log's rows of steps after ``last``: the resumed run logs them again."""
+    if last is None or not csv_path.is_file():
+        return
+    with csv_path.open(newline="") as f:
+        reader = csv.DictReader(f)
+        header, rows = reader.fieldnames or [], list(reader)
+    kept = [row for row in rows if not row.get("step") or float(row["step"]) <= last]
+    if len(kept) < len(rows):
+        out = io.StringIO()
+        writer = csv.DictWriter(out, fieldnames=header, lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(kept)
+        atomic_write(csv_path, out.getvalue())
 
 
 def match_lstm_size(config: Config, dm: Any) -> int:
@@ -551,8 +579,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any] | None:
     except DataError as error:
         raise ConfigError(str(error)) from error
     preflight(config, dm)
-    if ckpt is not None:
-        check_checkpoint(ckpt, config, dm)
+    logged = logged_through(check_checkpoint(ckpt, config, dm)) if ckpt is not None else None
     # on resume, fit(ckpt_path=...) restores weights, optimiser, loops, loader position, RNG
     lit = lit_class(config)
     if config.model.name == "lstm" and config.model.match_parameters and ckpt is None:
@@ -574,6 +601,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any] | None:
         atomic_write(run_dir / "config.yaml", resolved)
         if getattr(dm, "vocab", None) is not None:
             atomic_write(run_dir / "vocab.json", dm.vocab.to_json())
+        trim_log(run_dir / "csv" / "metrics.csv", logged)
     try:
         trainer.fit(module, datamodule=dm, ckpt_path=str(ckpt) if ckpt else None, weights_only=True)
     except SIGTERMException:

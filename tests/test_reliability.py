@@ -368,7 +368,7 @@ def test_a_damaged_last_checkpoint_is_detected_and_the_previous_one_resumes_bit_
 ) -> None:
     from hmrnn.config import ConfigError
     from hmrnn.lit.checkpoint_io import CheckpointError, read_checkpoint
-    from tests.test_train import assert_same_parameters, step_of
+    from tests.test_train import assert_same_log, assert_same_parameters, step_of
 
     run(tmp_path / "whole")  # 20 steps, last.ckpt every 4
     run(tmp_path / "cut", "trainer.max_steps=12")
@@ -383,6 +383,7 @@ def test_a_damaged_last_checkpoint_is_detected_and_the_previous_one_resumes_bit_
     assert "last.ckpt is corrupt" in err and "resuming from" in err and "previous.ckpt" in err
     assert_same_parameters(folder / "last.ckpt", tmp_path / "whole/r/checkpoints/last.ckpt")
     assert step_of(folder / "previous.ckpt") == 16, "the damaged file was not kept as previous"
+    assert_same_log(tmp_path / "cut" / "r", tmp_path / "whole" / "r")
     assert (folder / "last.ckpt.damaged").is_file()
 
     flip_a_bit(folder / "last.ckpt")  # both damaged: refused, naming both
@@ -440,7 +441,7 @@ def test_a_real_disk_filling_up_under_wandb_stops_cleanly_and_the_run_continues_
     import sys
 
     from hmrnn.lit.checkpoint_io import read_checkpoint
-    from tests.test_train import assert_same_parameters, step_of
+    from tests.test_train import assert_same_log, assert_same_parameters, step_of
 
     args = [*TINY, "run_name=r", "logger.mode=offline", "trainer.min_free_mb=0"]
     args += ["trainer.max_steps=120", "trainer.checkpoint_every_n_steps=4"]
@@ -478,3 +479,4 @@ def test_a_real_disk_filling_up_under_wandb_stops_cleanly_and_the_run_continues_
     roomy = tmp_path / "roomy" / "r" / "checkpoints"
     assert_same_parameters(resumed / "last.ckpt", roomy / "last.ckpt")
     assert_same_parameters(resumed / "best.ckpt", roomy / "best.ckpt")
+    assert_same_log(out / "resumed", tmp_path / "roomy" / "r")

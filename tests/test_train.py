@@ -63,6 +63,28 @@ def assert_same_parameters(a: Path, b: Path) -> None:
         assert torch.equal(sa[key], sb[key]), f"{key} differs"
 
 
+def logged(run_dir: Path) -> dict[tuple[int, str], list[str]]:
+    """The training and validation BPC rows of a run's CSV log, by (step, metric)."""
+    import csv
+
+    rows: dict[tuple[int, str], list[str]] = {}
+    with (run_dir / "csv" / "metrics.csv").open(newline="") as f:
+        for row in csv.DictReader(f):
+            for key in ("train/bpc", "val/bpc"):
+                if row.get(key):
+                    rows.setdefault((int(row["step"]), key), []).append(row[key])
+    return rows
+
+
+def assert_same_log(a: Path, b: Path) -> None:
+    """Each step's BPC logged once, and equal to the other run's: a stop or kill neither loses
+    nor repeats rows of the CSV log."""
+    la, lb = logged(a), logged(b)
+    assert set(la) == set(lb), f"steps only in one log: {sorted(set(la) ^ set(lb))}"
+    for key in la:
+        assert la[key] == lb[key], f"{key}: {la[key]} vs {lb[key]}"
+
+
 # ----------------------------------------------------------------------------- end to end
 @pytest.fixture(scope="module")
 def finished_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
@@ -166,6 +188,7 @@ def test_sigkill_then_resume_ends_bit_identical(tmp_path: Path, uninterrupted: P
     train(tmp_path, f"resume={tmp_path / 'cut'}")
     assert step_of(last) == 150
     assert_same_parameters(last, uninterrupted)
+    assert_same_log(tmp_path / "cut", uninterrupted.parents[1])
 
 
 @pytest.mark.slow
@@ -182,6 +205,7 @@ def test_ctrl_c_saves_a_checkpoint_exits_130_without_testing_and_resumes(
     assert step_of(last) < 150
     train(tmp_path, f"resume={tmp_path / 'cut'}")
     assert_same_parameters(last, uninterrupted)
+    assert_same_log(tmp_path / "cut", uninterrupted.parents[1])
 
 
 @pytest.mark.slow
@@ -199,6 +223,7 @@ def test_sigterm_saves_a_checkpoint_exits_and_resumes_bit_identical(
     assert first <= stopped_at < 150
     train(tmp_path, f"resume={tmp_path / 'cut'}")
     assert_same_parameters(last, uninterrupted)
+    assert_same_log(tmp_path / "cut", uninterrupted.parents[1])
 
 
 # A training whose process kills itself (SIGKILL) at a chosen point: HMRNN_KILL is
@@ -289,6 +314,7 @@ def test_sigkill_while_writing_a_checkpoint_or_validating_then_the_same_command_
     assert_same_parameters(folder / "last.ckpt", uninterrupted)
     assert_same_parameters(folder / "best.ckpt", uninterrupted.with_name("best.ckpt"))
     assert not list(folder.glob(".*.tmp")), "the half-written file was replaced"
+    assert_same_log(tmp_path / "cut", uninterrupted.parents[1])
     assert (tmp_path / "cut" / "results.json").is_file()
 
 
@@ -322,6 +348,7 @@ def test_sigkill_at_random_moments_then_the_same_command_ends_identical(
         final = subprocess.run(command, capture_output=True, text=True, timeout=600)
         assert final.returncode == 0, final.stderr[-3000:]
     assert_same_parameters(tmp_path / "cut" / "checkpoints" / "last.ckpt", uninterrupted)
+    assert_same_log(tmp_path / "cut", uninterrupted.parents[1])
     results = json.loads((tmp_path / "cut" / "results.json").read_text())
     assert results["global_step"] == 150
 
@@ -374,6 +401,7 @@ def test_slurm_sigusr1_saves_requeues_and_the_requeued_job_continues_identical(
     assert requeued.returncode == 0, requeued.stderr[-3000:]
     assert "holds this run's checkpoint: continuing it" in requeued.stderr
     assert_same_parameters(last, uninterrupted)
+    assert_same_log(last.parents[1], uninterrupted.parents[1])
 
 
 # ----------------------------------------------------------------------------------- DDP

@@ -8,6 +8,7 @@ from typing import Any
 import lightning as L
 import torch
 from lightning.pytorch.utilities.rank_zero import rank_zero_warn
+from torchmetrics import Metric
 
 from hmrnn.config import Config, from_dict
 from hmrnn.core import count_parameters
@@ -152,12 +153,33 @@ class LitBase(L.LightningModule):
             self.plateau.load_state_dict(self._plateau_state)
         return optimizer
 
+    def window_metrics(self) -> dict[str, Metric]:
+        """The training metrics accumulated between two log rows (subclasses add their loss
+        metric): saved in checkpoints, so that a resumed run logs the rows it would have."""
+        return {"stats": self.stats("train")}
+
+    def training_log_due(self) -> bool:
+        """Whether this training batch's metrics reach the loggers: Lightning writes a row when
+        the count of batches before this one, plus one, is a multiple of log_every_n_steps."""
+        n = self.trainer.log_every_n_steps
+        return bool(n) and (self.trainer.global_step + 1) % n == 0
+
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         if self.plateau is not None:
             checkpoint["plateau"] = self.plateau.state_dict()
+        checkpoint["train_window"] = {
+            name: {k: v.detach().cpu().clone() for k, v in metric.metric_state.items()}
+            for name, metric in self.window_metrics().items()
+        }
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         self._plateau_state = checkpoint.get("plateau")
+        metrics = self.window_metrics()
+        for name, states in (checkpoint.get("train_window") or {}).items():
+            if name in metrics:
+                for key, value in states.items():
+                    current = getattr(metrics[name], key)
+                    setattr(metrics[name], key, value.to(current.device, current.dtype))
 
     def log_slope(self) -> None:
         rnn = self.model.rnn

@@ -237,6 +237,7 @@ class ResumeCheckpoint(L.Callback):
         self.stop_signal: int | None = None
         self.short_of_space = ""
         self.saved_step = -1
+        self.stop: BaseException | None = None  # raised at the next batch start
         self._next_space_check = 0.0
         self._previous_handlers: dict[int, Any] = {}
 
@@ -290,21 +291,39 @@ class ResumeCheckpoint(L.Callback):
         if (self.due or stop) and self.safe(trainer, batch_idx):
             reason = trainer.strategy.broadcast(self.short_of_space, src=0) if stop else ""
             if reason:
-                self.stop_for_space(trainer, reason)
-            self.save(trainer)
-            self.due = False
-            if stop:
+                self.stop = self.stop_for_space(trainer, reason)
+            else:
+                self.save(trainer)
+                self.due = False
+            if stop and not reason:
                 name = signal.Signals(self.stop_signal or signal.SIGTERM).name
                 rank_zero_info(f"{name}: saved {self.path}; resume with resume={self.path}")
-                raise SIGTERMException
+                self.stop = SIGTERMException()
+
+    def on_train_batch_start(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int
+    ) -> None:
+        # The log row of the batch that was saved is recorded after its batch end: write it now,
+        # and stop here (not at that batch end), so that no log row is lost or repeated.
+        if self.saved_step == trainer.global_step:
+            flush(trainer)
+        if self.stop is not None:
+            raise self.stop
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self.stop is not None:  # the last step came right after the save: stop as promised
+            flush(trainer)
+            raise self.stop
         self.save(trainer)
 
     # -- free space (W&B's writer fails silently on a full disk, so the run looks ahead)
     def checkpoint_size(self) -> int:
         sizes = [p.stat().st_size for p in (self.path, self.previous) if p.is_file()]
         return max(sizes, default=0)
+
+    def nearest_folder(self) -> Path:
+        """The checkpoint folder, or its nearest existing parent before the first save."""
+        return next(p for p in (self.path.parent, *self.path.parents) if p.exists())
 
     def check_space(self, now: bool = False) -> None:
         """Sets ``short_of_space`` when the folder has less free space than a checkpoint plus
@@ -313,7 +332,7 @@ class ResumeCheckpoint(L.Callback):
         if not self.min_free or (clock < self._next_space_check and not now):
             return
         self._next_space_check = clock + 5.0
-        folder = next(p for p in (self.path.parent, *self.path.parents) if p.exists())
+        folder = self.nearest_folder()
         free, need = shutil.disk_usage(folder).free, self.checkpoint_size() + self.min_free
         if free < need:
             self.short_of_space = (
@@ -322,15 +341,14 @@ class ResumeCheckpoint(L.Callback):
                 f"trainer.min_free_mb={self.min_free // 2**20} are kept free for the logs)"
             )
 
-    def stop_for_space(self, trainer: L.Trainer, reason: str) -> None:
-        """Save once more if that still fits, then stop with :class:`DiskSpaceError`."""
-        folder = next(p for p in (self.path.parent, *self.path.parents) if p.exists())
-        room = shutil.disk_usage(folder).free > self.checkpoint_size() + 2**20
+    def stop_for_space(self, trainer: L.Trainer, reason: str) -> DiskSpaceError:
+        """Save once more if that still fits; the error that stops the run."""
+        room = shutil.disk_usage(self.nearest_folder()).free > self.checkpoint_size() + 2**20
         kept = f"{self.path.name} is intact"
         if trainer.strategy.broadcast(room, src=0):
             self.save(trainer)
             kept = f"saved {self.path.name} at step {trainer.global_step}"
-        raise DiskSpaceError(
+        return DiskSpaceError(
             f"{reason}; the run stopped and {kept}: free space, then continue with "
             f"python -m hmrnn.train resume={run_folder_of(self.path)}"
         )
@@ -351,9 +369,16 @@ class ResumeCheckpoint(L.Callback):
             and trainer.global_step != self.saved_step
         ):
             keep_as(self.path, self.previous)  # (a second save at one step only rewrites last)
+        flush(trainer)  # the log rows up to this batch are on disk before its checkpoint
         self.saved_step = trainer.global_step
         # atomic (AtomicCheckpointIO); collective: ends in a barrier
         trainer.save_checkpoint(str(self.path), weights_only=False)
+
+
+def flush(trainer: L.Trainer) -> None:
+    """Write the loggers' buffered rows (Lightning's CSV log keeps 100 steps in memory)."""
+    for logger in trainer.loggers:
+        logger.save()
 
 
 class DiskSpaceError(CheckpointWriteError):

@@ -36,7 +36,7 @@ def _feed(h: Any, value: Any) -> None:
         t = value.detach().cpu().contiguous()
         h.update(f"T{t.dtype}{tuple(t.shape)}".encode())
         if t.numel():
-            h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+            h.update(t.reshape(-1).view(torch.uint8).numpy())  # the buffer, not a copy
     elif isinstance(value, dict):
         keys = sorted((k for k in value if k != DIGEST_KEY), key=repr)
         h.update(f"D{len(keys)}".encode())

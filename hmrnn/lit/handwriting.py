@@ -11,6 +11,7 @@ from typing import Any
 
 import torch
 from torch import Tensor
+from torchmetrics import Metric
 
 from hmrnn.core.handwriting import HandwritingModel
 from hmrnn.lit.base import SPLIT_NAMES, LitBase, fixed_boundaries, rnn_options
@@ -46,6 +47,9 @@ class LitHandwriting(LitBase):
     def ll(self, split: str) -> SequenceLogLikelihood:
         return self.ll_metrics[f"{split}_"]  # type: ignore[return-value]
 
+    def window_metrics(self) -> dict[str, Metric]:
+        return {**super().window_metrics(), "ll": self.ll("train")}
+
     def _step(self, split: str, batch: tuple[Tensor, ...]) -> Tensor:
         inputs, targets, mask, _ = batch
         out = self.model(inputs, targets, mask)
@@ -59,7 +63,7 @@ class LitHandwriting(LitBase):
     def training_step(self, batch: tuple[Tensor, ...], batch_idx: int) -> Tensor:
         loss = self._step("train", batch)
         self.log("train/loss", loss, prog_bar=True, batch_size=int(batch[2].sum()))
-        if self.trainer.log_every_n_steps and batch_idx % self.trainer.log_every_n_steps == 0:
+        if self.training_log_due():
             self.log("train/ll", self.ll("train").compute(), prog_bar=True, rank_zero_only=True)
             self.ll("train").reset()
             self.log_stats("train", rank_zero_only=True)

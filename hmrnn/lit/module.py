@@ -12,6 +12,7 @@ from typing import Any
 
 import torch
 from torch import Tensor
+from torchmetrics import Metric
 
 from hmrnn.config import Config
 from hmrnn.core import CharLM, HMLSTMState
@@ -71,6 +72,9 @@ class LitCharLM(LitBase):
     def bpc(self, split: str) -> BitsPerChar:
         return self.bpc_metrics[f"{split}_"]  # type: ignore[return-value]
 
+    def window_metrics(self) -> dict[str, Metric]:
+        return {**super().window_metrics(), "bpc": self.bpc("train")}
+
     # ----------------------------------------------------------------------------- steps
     def _step(self, split: str, batch: Tensor) -> Tensor:
         tokens, targets = batch[:-1], batch[1:]  # (T, B)
@@ -110,7 +114,7 @@ class LitCharLM(LitBase):
         loss = self._step("train", batch)
         B, T = batch.shape[1], batch.shape[0] - 1
         self.log("train/loss", loss, prog_bar=True, batch_size=B * T)
-        if self.trainer.log_every_n_steps and batch_idx % self.trainer.log_every_n_steps == 0:
+        if self.training_log_due():
             self.log("train/bpc", self.bpc("train").compute(), prog_bar=True, rank_zero_only=True)
             self.bpc("train").reset()
             self.log_stats("train", rank_zero_only=True)
