@@ -31,7 +31,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import lightning as L
 import torch
@@ -679,7 +679,7 @@ def cli() -> None:
         )
 
 
-def fail(message: str, code: int) -> None:
+def fail(message: str, code: int) -> NoReturn:
     """Exit with ``error: <message>`` as the last thing on stderr.
 
     W&B's teardown at exit reports its own failures (on a full disk, pages of them, which would
