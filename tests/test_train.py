@@ -423,6 +423,30 @@ def test_two_ddp_processes_reach_the_validation_bpc_of_one(tmp_path: Path) -> No
     assert one["val/bpc"] != pytest.approx(4.807, abs=0.05)  # it trained: not uniform over 28
 
 
+@pytest.mark.slow
+def test_ddp_sigterm_then_resume_ends_bit_identical(tmp_path: Path) -> None:
+    """Two processes: each rank's carried state (its rows of the batch), random generators and
+    log window survive the stop, so the resumed job ends as the uninterrupted one."""
+    common = [*RESUME[:-1], "trainer.max_steps=60", "trainer.devices=2", "trainer.strategy=ddp"]
+    train(tmp_path, "run_name=whole", *common)
+    cmd = [sys.executable, "-m", "hmrnn.train", *TINY, f"out_dir={tmp_path}", "run_name=cut"]
+    proc = subprocess.Popen([*cmd, *common], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    last = tmp_path / "cut" / "checkpoints" / "last.ckpt"
+    deadline = time.time() + 300
+    while not last.exists():
+        assert proc.poll() is None, proc.stderr.read().decode()[-3000:]
+        assert time.time() < deadline
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGTERM)  # rank 0 only: the ranks agree to stop together
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 143, stderr.decode()[-3000:]
+    assert step_of(last) < 60
+    train(tmp_path, f"resume={tmp_path / 'cut'}")
+    whole = tmp_path / "whole" / "checkpoints" / "last.ckpt"
+    assert_same_parameters(last, whole)
+    assert_same_log(tmp_path / "cut", tmp_path / "whole")
+
+
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 
 

@@ -167,18 +167,28 @@ class LitBase(L.LightningModule):
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         if self.plateau is not None:
             checkpoint["plateau"] = self.plateau.state_dict()
+        # sums over every rank (every rank saves: collective); a resume gives them to rank 0
+        world = self.trainer.world_size if self._trainer is not None else 1
         checkpoint["train_window"] = {
-            name: {k: v.detach().cpu().clone() for k, v in metric.metric_state.items()}
+            name: {
+                k: (self.trainer.strategy.reduce(v.clone(), reduce_op="sum") if world > 1 else v)
+                .detach()
+                .cpu()
+                .clone()
+                for k, v in metric.metric_state.items()
+            }
             for name, metric in self.window_metrics().items()
         }
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         self._plateau_state = checkpoint.get("plateau")
         metrics = self.window_metrics()
+        first = self._trainer is None or self.trainer.global_rank == 0
         for name, states in (checkpoint.get("train_window") or {}).items():
             if name in metrics:
                 for key, value in states.items():
                     current = getattr(metrics[name], key)
+                    value = value if first else torch.zeros_like(value)  # the sums: once
                     setattr(metrics[name], key, value.to(current.device, current.dtype))
 
     def log_slope(self) -> None:

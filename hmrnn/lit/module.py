@@ -154,12 +154,22 @@ class LitCharLM(LitBase):
 
     # ------------------------------------------------------------------------ checkpoints
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """The carried training state of the whole batch (under DDP every rank's rows, gathered
+        in rank order: each rank holds a contiguous block), as plain tensors."""
         super().on_save_checkpoint(checkpoint)
-        state = self.carried["train"]  # plain tensors: checkpoints load with weights_only=True
+        state = self.carried["train"]
+        trainer = self._trainer
+        if state is not None and trainer is not None and trainer.world_size > 1:  # collective
+            state = type(state)(*(torch.cat(self.all_gather(x).unbind(0), dim=1) for x in state))
         checkpoint["carried_train_state"] = None if state is None else dict(state._asdict())
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         super().on_load_checkpoint(checkpoint)
         state = checkpoint.get("carried_train_state")
-        if state is not None:
-            self.carried["train"] = (FixedState if "phase" in state else HMLSTMState)(**state)
+        if state is None:
+            return
+        trainer = self._trainer
+        if trainer is not None and trainer.world_size > 1:  # this rank's block of rows
+            rank, world = trainer.global_rank, trainer.world_size
+            state = {k: v.chunk(world, dim=1)[rank] for k, v in state.items()}
+        self.carried["train"] = (FixedState if "phase" in state else HMLSTMState)(**state)
