@@ -4,13 +4,17 @@
     python -m hmrnn.train resume=runs/<run>            # continue a stopped run where it stopped
 
 Each run gets a folder ``<out_dir>/<run_name>`` holding ``config.yaml`` (the resolved
-configuration), ``checkpoints/`` (``best.ckpt``, ``last.ckpt``), ``csv/metrics.csv``, the W&B
-files (``wandb/``, offline by default: ``wandb sync`` uploads them) and, at the end,
-``results.json``.
+configuration), ``checkpoints/`` (``best.ckpt``, ``last.ckpt``, ``previous.ckpt``; written
+atomically, each with a sha256 digest checked on loading), ``csv/metrics.csv``, the W&B files
+(``wandb/``, offline by default: ``wandb sync`` uploads them) and, at the end, ``results.json``.
+The same command run again continues its run from the folder's checkpoint (a plain restart, a
+SLURM requeue); a finished run or one of other settings is refused.
 
-SIGTERM (cluster preemption) and Ctrl-C (SIGINT) save ``last.ckpt`` at the next batch end and exit
-with 143 / 130 (128 + the signal, as a shell reports it) without testing; a second Ctrl-C stops at
-once (Lightning's interrupt handling, exit 1; the previous ``last.ckpt`` kept). Under DDP a rank
+SIGTERM (cluster preemption), Ctrl-C (SIGINT) and SIGUSR1 save ``last.ckpt`` at the next batch end
+where a resume is exact and exit with 143 / 130 / 138 (128 + the signal, as a shell reports it)
+without testing; in a SLURM job SIGUSR1 also requeues it (``trainer.slurm_requeue``). A second
+Ctrl-C stops at once (Lightning's interrupt handling, exit 1; the previous ``last.ckpt`` kept).
+``docs/reliability.md`` lists every fault, what the program promises and its test. Under DDP a rank
 that fails ends the job: the others fail at their next collective (at once when it crashed,
 after ``trainer.ddp_timeout_s`` when it hangs) and rank 0 kills the ranks it launched.
 """

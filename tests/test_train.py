@@ -165,13 +165,17 @@ def uninterrupted(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def start_and_wait_for_checkpoint(tmp: Path) -> tuple[subprocess.Popen, Path]:
     cmd = [sys.executable, "-m", "hmrnn.train", *TINY, f"out_dir={tmp}", "run_name=cut", *RESUME]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    last = tmp / "cut" / "checkpoints" / "last.ckpt"
+    return proc, wait_for(tmp / "cut" / "checkpoints" / "last.ckpt", proc)
+
+
+def wait_for(path: Path, proc: subprocess.Popen) -> Path:
+    """``path`` once the running ``proc`` has written it (the test fails if ``proc`` ends)."""
     deadline = time.time() + 300
-    while not last.exists():
-        assert proc.poll() is None, f"the run ended before its first checkpoint: {proc.stderr}"
+    while not path.exists():
+        assert proc.poll() is None, f"the run ended before writing {path}: {proc.stderr.read()}"
         assert time.time() < deadline
         time.sleep(0.02)
-    return proc, last
+    return path
 
 
 def step_of(path: Path) -> int:
@@ -379,12 +383,7 @@ def test_slurm_sigusr1_saves_requeues_and_the_requeued_job_continues_identical(
     }
     command = [a for a in cut_command(tmp_path) if a != "run_name=cut"]
     proc = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    last = tmp_path / "demo-hmlstm-slurm4242" / "checkpoints" / "last.ckpt"
-    deadline = time.time() + 300
-    while not last.exists():
-        assert proc.poll() is None, proc.stderr.read().decode()[-3000:]
-        assert time.time() < deadline
-        time.sleep(0.02)
+    last = wait_for(tmp_path / "demo-hmlstm-slurm4242" / "checkpoints" / "last.ckpt", proc)
     proc.send_signal(signal.SIGUSR1)
     _, stderr = proc.communicate(timeout=120)
     assert proc.returncode == 128 + signal.SIGUSR1, stderr.decode()[-3000:]
@@ -431,12 +430,7 @@ def test_ddp_sigterm_then_resume_ends_bit_identical(tmp_path: Path) -> None:
     train(tmp_path, "run_name=whole", *common)
     cmd = [sys.executable, "-m", "hmrnn.train", *TINY, f"out_dir={tmp_path}", "run_name=cut"]
     proc = subprocess.Popen([*cmd, *common], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    last = tmp_path / "cut" / "checkpoints" / "last.ckpt"
-    deadline = time.time() + 300
-    while not last.exists():
-        assert proc.poll() is None, proc.stderr.read().decode()[-3000:]
-        assert time.time() < deadline
-        time.sleep(0.02)
+    last = wait_for(tmp_path / "cut" / "checkpoints" / "last.ckpt", proc)
     proc.send_signal(signal.SIGTERM)  # rank 0 only: the ranks agree to stop together
     _, stderr = proc.communicate(timeout=120)
     assert proc.returncode == 143, stderr.decode()[-3000:]
