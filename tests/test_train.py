@@ -424,8 +424,9 @@ def test_two_ddp_processes_reach_the_validation_bpc_of_one(tmp_path: Path) -> No
 
 @pytest.mark.slow
 def test_ddp_sigterm_then_resume_ends_bit_identical(tmp_path: Path) -> None:
-    """Two processes: each rank's carried state (its rows of the batch), random generators and
-    log window survive the stop, so the resumed job ends as the uninterrupted one."""
+    """Two processes: each rank's carried state (its rows of the batch), random generators (each
+    rank its own) and log window survive the stop, so the resumed job ends as the uninterrupted
+    one."""
     common = [*RESUME[:-1], "trainer.max_steps=60", "trainer.devices=2", "trainer.strategy=ddp"]
     train(tmp_path, "run_name=whole", *common)
     cmd = [sys.executable, "-m", "hmrnn.train", *TINY, f"out_dir={tmp_path}", "run_name=cut"]
@@ -439,6 +440,9 @@ def test_ddp_sigterm_then_resume_ends_bit_identical(tmp_path: Path) -> None:
     whole = tmp_path / "whole" / "checkpoints" / "last.ckpt"
     assert_same_parameters(last, whole)
     assert_same_log(tmp_path / "cut", tmp_path / "whole")
+    # the ranks draw their own Bernoulli noise: their generators differ
+    ranks = torch.load(last, weights_only=True)["callbacks"]["RNGState"]["ranks"]
+    assert len(ranks) == 2 and not torch.equal(ranks[0]["torch"], ranks[1]["torch"])
 
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"

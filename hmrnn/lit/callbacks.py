@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import random
 import shutil
@@ -15,7 +16,7 @@ import lightning as L
 import numpy as np
 import torch
 from lightning.pytorch.utilities.exceptions import SIGTERMException
-from lightning.pytorch.utilities.rank_zero import rank_zero_info
+from lightning.pytorch.utilities.rank_zero import rank_zero_info, rank_zero_warn
 
 from hmrnn.config import SlopeConfig
 from hmrnn.lit.checkpoint_io import CheckpointWriteError, run_folder_of
@@ -194,20 +195,45 @@ class RNGState(L.Callback):
     Lightning saves none; the Bernoulli boundary estimator draws from torch's generator, so a
     resumed run needs them to continue bit for bit. Restored in ``on_train_start``, after
     Lightning has set up the loaders and before the first resumed batch.
+
+    Under DDP every rank would start from the same seed and so draw the same noise for its block
+    of rows; at the start of fitting each rank's torch generator is seeded apart (from the seed
+    and the rank), and the checkpoint holds every rank's states (``{"ranks": [...]}``).
     """
 
     def __init__(self) -> None:
         self.pending: dict[str, Any] | None = None
+        self.trainer: L.Trainer | None = None
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        self.trainer = trainer
 
     def state_dict(self) -> dict[str, Any]:
-        return rng_state()
+        trainer = self.trainer
+        if trainer is None or trainer.world_size == 1:
+            return rng_state()
+        ranks: list[Any] = [None] * trainer.world_size  # every rank saves: collective
+        torch.distributed.all_gather_object(ranks, rng_state())
+        return {"ranks": ranks}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.pending = state_dict
 
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.world_size > 1:
+            key = f"{torch.initial_seed()}:{trainer.global_rank}".encode()
+            torch.manual_seed(int.from_bytes(hashlib.sha256(key).digest()[:8], "little") >> 1)
+
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if self.pending is not None:
-            set_rng_state(self.pending)
+            ranks = self.pending.get("ranks", [self.pending])
+            if len(ranks) == trainer.world_size:
+                set_rng_state(ranks[trainer.global_rank])
+            else:  # resumed on another number of processes: it cannot be bit-identical anyway
+                rank_zero_warn(
+                    f"the checkpoint holds the random states of {len(ranks)} processes, this run "
+                    f"has {trainer.world_size}: random draws continue from fresh seeds"
+                )
             self.pending = None
 
 
