@@ -173,11 +173,12 @@ class TrainerConfig:
     (``last.ckpt`` keeps the last good state), or ``skip`` the batch (no update) and count it
     (``train/skipped_batches``)."""
     slurm_requeue: bool = True
-    """In a SLURM job, SIGUSR1 (``#SBATCH --signal=B:USR1@120``, sent before the time limit)
+    """In a SLURM job, SIGUSR1 (sent before the time limit: ``#SBATCH --signal=B:USR1@120`` with
+    ``exec python -m hmrnn.train ...`` in the script, or ``--signal=USR1@120`` with ``srun``)
     saves ``last.ckpt`` and requeues the job (``scontrol requeue``); the requeued job runs the
     same command, which continues the run. Elsewhere SIGUSR1 saves and stops, as SIGTERM does."""
     min_free_mb: int = 100
-    """Before each checkpoint (and at each validation) the run checks the free space where it
+    """Before each checkpoint (and at most every 5 s) the run checks the free space where it
     writes: with less than the last checkpoint's size plus this many MB it stops with an error
     naming the folder, keeping the checkpoints it has (W&B's writer fails silently on a full
     disk). 0 turns the check off."""
