@@ -583,7 +583,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any] | None:
     except DataError as error:
         raise ConfigError(str(error)) from error
     preflight(config, dm)
-    logged = logged_through(check_checkpoint(ckpt, config, dm)) if ckpt is not None else None
+    # the CSV rows the run will log again: after its checkpoint, or all when it starts over
+    logged = logged_through(check_checkpoint(ckpt, config, dm)) if ckpt is not None else -1
     # on resume, fit(ckpt_path=...) restores weights, optimiser, loops, loader position, RNG
     lit = lit_class(config)
     if config.model.name == "lstm" and config.model.match_parameters and ckpt is None:

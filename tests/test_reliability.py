@@ -268,6 +268,17 @@ def test_the_same_command_again_refuses_a_finished_run_or_other_settings(
         run(tmp_path, "trainer.max_steps=8", "optim.lr=0.001")
     assert run(tmp_path, "trainer.max_steps=8")["global_step"] == 8  # the same: it continues
 
+    # killed after writing log rows but before its first checkpoint: it starts over, and its log
+    # holds each step once
+    import shutil
+
+    from tests.test_train import logged
+
+    shutil.rmtree(tmp_path / "r" / "checkpoints")
+    (tmp_path / "r" / "results.json").unlink()
+    assert run(tmp_path, "trainer.max_steps=8")["global_step"] == 8
+    assert all(len(values) == 1 for values in logged(tmp_path / "r").values())
+
 
 FAULTY_RANK = """
 import sys, time
