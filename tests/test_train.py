@@ -178,6 +178,14 @@ def wait_for(path: Path, proc: subprocess.Popen) -> Path:
     return path
 
 
+def resume_ends_as_uninterrupted(tmp: Path, last: Path, uninterrupted: Path) -> None:
+    """``resume=`` the stopped run ``tmp/cut``: it ends with the parameters and the CSV log of the
+    run that never stopped."""
+    train(tmp, f"resume={tmp / 'cut'}")
+    assert_same_parameters(last, uninterrupted)
+    assert_same_log(tmp / "cut", uninterrupted.parents[1])
+
+
 def step_of(path: Path) -> int:
     return torch.load(path, map_location="cpu", weights_only=True)["global_step"]
 
@@ -189,10 +197,8 @@ def test_sigkill_then_resume_ends_bit_identical(tmp_path: Path, uninterrupted: P
     proc.wait()
     killed_at = step_of(last)
     assert 0 < killed_at < 150 and killed_at % 7 == 0, "killed mid-run, after a periodic save"
-    train(tmp_path, f"resume={tmp_path / 'cut'}")
+    resume_ends_as_uninterrupted(tmp_path, last, uninterrupted)
     assert step_of(last) == 150
-    assert_same_parameters(last, uninterrupted)
-    assert_same_log(tmp_path / "cut", uninterrupted.parents[1])
 
 
 @pytest.mark.slow
@@ -207,9 +213,7 @@ def test_ctrl_c_saves_a_checkpoint_exits_130_without_testing_and_resumes(
     assert "stopped by SIGINT" in stderr and "resume=" in stderr
     assert not (tmp_path / "cut" / "results.json").exists(), "a stopped run is not tested"
     assert step_of(last) < 150
-    train(tmp_path, f"resume={tmp_path / 'cut'}")
-    assert_same_parameters(last, uninterrupted)
-    assert_same_log(tmp_path / "cut", uninterrupted.parents[1])
+    resume_ends_as_uninterrupted(tmp_path, last, uninterrupted)
 
 
 @pytest.mark.slow
@@ -225,9 +229,7 @@ def test_sigterm_saves_a_checkpoint_exits_and_resumes_bit_identical(
     assert "resume=" in stderr
     stopped_at = step_of(last)
     assert first <= stopped_at < 150
-    train(tmp_path, f"resume={tmp_path / 'cut'}")
-    assert_same_parameters(last, uninterrupted)
-    assert_same_log(tmp_path / "cut", uninterrupted.parents[1])
+    resume_ends_as_uninterrupted(tmp_path, last, uninterrupted)
 
 
 # A training whose process kills itself (SIGKILL) at a chosen point: HMRNN_KILL is

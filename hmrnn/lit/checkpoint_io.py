@@ -10,7 +10,6 @@ zip reader does not check its CRCs: a flipped bit in a tensor loads silently wit
 from __future__ import annotations
 
 import hashlib
-import os
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +17,7 @@ import torch
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 
 from hmrnn.config import ConfigError
+from hmrnn.io import atomic_file
 
 DIGEST_KEY = "hmrnn_sha256"
 
@@ -86,20 +86,6 @@ def read_checkpoint(path: str | Path, map_location: Any = "cpu") -> dict[str, An
     return verify(checkpoint, path)
 
 
-def fsync_folder(folder: Path) -> None:
-    """Make a rename in ``folder`` durable (where the platform allows opening folders)."""
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
 class AtomicCheckpointIO(TorchCheckpointIO):
     """Writes through a temporary name with a digest; reads verify it (see the module doc)."""
 
@@ -107,25 +93,18 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         self, checkpoint: dict[str, Any], path: Any, storage_options: Any = None
     ) -> None:
         path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
         checkpoint[DIGEST_KEY] = digest(checkpoint)
-        tmp = path.with_name(f".{path.name}.tmp")
         try:
-            with open(tmp, "wb") as f:
+            with atomic_file(path, per_process=False) as f:
                 torch.save(checkpoint, f)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
         except OSError as error:  # e.g. a full disk: the previous file is left intact
-            tmp.unlink(missing_ok=True)
             raise CheckpointWriteError(
                 f"writing {path} failed ({error.strerror or error}); the previous {path.name} is "
                 f"intact: free space, then continue with python -m hmrnn.train "
-                f"resume={run_folder_of(path)}",
+                f"resume={run_folder_of(path)}"
             ) from error
         finally:
             checkpoint.pop(DIGEST_KEY, None)
-        fsync_folder(path.parent)
 
     def load_checkpoint(
         self, path: Any, map_location: Any = None, weights_only: Any = None
