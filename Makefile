@@ -3,6 +3,8 @@
 # machines (so this takes seconds there); elsewhere pip fetches the platform's default build
 # (CUDA on Linux x86-64). Override it for another build, e.g.
 #   make test TORCH="torch==2.13.0 --index-url https://download.pytorch.org/whl/cu128"
+# setuptools' "Editable installation" warning (folders named like the packages may shadow them) is
+# silenced: hmrnn/ and datamodules/ in the working directory are the packages being installed.
 PYTHON ?= python3
 VENV ?= .venv
 TORCH ?= torch==2.13.0
@@ -16,7 +18,7 @@ $(STAMP): pyproject.toml
 	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/python -m pip install -q --upgrade pip
 	$(VENV)/bin/python -c "import torch" 2>/dev/null || $(VENV)/bin/python -m pip install -q $(TORCH)
-	$(VENV)/bin/python -m pip install -q -e ".[test]"
+	PYTHONWARNINGS="ignore:Editable installation" $(VENV)/bin/python -m pip install -q -e ".[test]"
 	touch $(STAMP)
 
 demo: $(STAMP)

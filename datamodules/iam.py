@@ -2,8 +2,8 @@
 
 Per point the model reads and predicts ``(dx, dy, pen_up)``: the offset from the previous point
 (``(0, 0)`` for a line's first point; offsets continue across strokes, so the jump between two
-strokes is an ordinary offset) and a flag that is 1 on the last point of every stroke (SPEC
-sections 3 and 6). ``dx`` and ``dy`` are normalised by the mean and standard deviation (ddof 0)
+strokes is an ordinary offset) and a flag that is 1 on the last point of every stroke
+(model.md §§3 and 6). ``dx`` and ``dy`` are normalised by the mean and standard deviation (ddof 0)
 of all points of the training split; ``pen_up`` is left as is.
 
 Where the files come from:
@@ -18,7 +18,7 @@ Where the files come from:
 
 Splits (``data.iam_split``):
 
-* ``random`` (default, the paper's setup as reconstructed in SPEC section 6): every line file with
+* ``random`` (default, the paper's setup as reconstructed in model.md §6): every line file with
   at least ``min_points`` (300) points is pooled; the names are sorted, permuted with
   ``numpy.random.default_rng(seed).permutation`` (``seed`` = :data:`SPLIT_SEED` = 2017 by
   default), and the first ``n * 90 // 100`` are train, the next ``n * 5 // 100`` valid and the

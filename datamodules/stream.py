@@ -173,16 +173,33 @@ class ResumableLoader(DataLoader):
         self.consumed = self._order.start
 
 
+AT_DELIMITER = "_at_delim"  # hmrnn.core.analysis.AT_DELIMITER: the kinds' second convention
+
+
 def mark_boundaries(
-    tokens: np.ndarray, before: list[int], at: list[int], delimiters: list[int]
+    tokens: np.ndarray,
+    before: list[int],
+    at: list[int],
+    delimiters: list[int],
+    *,
+    at_delimiter: bool = False,
 ) -> np.ndarray:
     """True at t when x_t is not a delimiter and x_{t+1} is in ``before``, or x_t is in ``at``
-    (see :meth:`CharStreamDataModule.truth_rules`); the last position has no x_{t+1}."""
+    (see :meth:`CharStreamDataModule.truth_rules`); the last position has no x_{t+1}.
+
+    ``at_delimiter``: the delimiter convention, the ``before`` rule one step later, on the step
+    that reads the delimiter: x_t is in ``before`` and x_{t-1} is not a delimiter (the first
+    position, without x_{t-1}, counts as following none), or x_t is in ``at``.
+    """
     tokens = np.asarray(tokens)
     out = np.isin(tokens, np.asarray(at, dtype=tokens.dtype))
-    if len(tokens) > 1:
-        ends = np.isin(tokens[1:], np.asarray(before, dtype=tokens.dtype))
-        out[:-1] |= ~np.isin(tokens[:-1], np.asarray(delimiters, dtype=tokens.dtype)) & ends
+    closes = np.isin(tokens, np.asarray(before, dtype=tokens.dtype))  # x_t closes a unit
+    inside = ~np.isin(tokens, np.asarray(delimiters, dtype=tokens.dtype))  # x_t is in a unit
+    if at_delimiter:
+        out[:1] |= closes[:1]
+        out[1:] |= inside[:-1] & closes[1:]
+    else:
+        out[:-1] |= inside[:-1] & closes[1:]
     return out
 
 
@@ -208,19 +225,28 @@ class CharStreamDataModule(L.LightningDataModule):
     def truth_rules(self) -> dict[str, tuple[list[int], list[int]]]:
         """Each kind of true boundary as ``(before, at)`` symbol ids: t is a boundary of that
         kind when x_t is not a delimiter and x_{t+1} is in ``before`` (t is the last symbol of
-        a unit), or when x_t itself is in ``at``. Default: ``word`` before each delimiter."""
+        a unit), or when x_t itself is in ``at``. Default: ``word`` before each delimiter.
+
+        A kind with a ``before`` rule is also scored in the delimiter convention, as
+        ``{kind}_at_delim`` (the step that reads the delimiter, one step later; see
+        :func:`mark_boundaries`)."""
         ids = self.delimiter_ids()
         return {"word": (ids, [])} if ids else {}
 
     def boundaries(self, split: str) -> dict[str, np.ndarray]:
-        """True boundaries of a split by kind (e.g. ``word``), bool arrays over the stream,
-        by :meth:`truth_rules` (the rules the validation metrics apply to each batch)."""
+        """True boundaries of a split by kind (e.g. ``word``, and ``word_at_delim`` in the
+        delimiter convention), bool arrays over the stream, by :meth:`truth_rules` (the rules
+        the validation metrics apply to each batch)."""
         self.setup()
         tokens, delimiters = self.tokens[split], self.delimiter_ids()
-        return {
-            kind: mark_boundaries(tokens, before, at, delimiters)
-            for kind, (before, at) in self.truth_rules().items()
-        }
+        out = {}
+        for kind, (before, at) in self.truth_rules().items():
+            out[kind] = mark_boundaries(tokens, before, at, delimiters)
+            if before:
+                out[kind + AT_DELIMITER] = mark_boundaries(
+                    tokens, before, at, delimiters, at_delimiter=True
+                )
+        return out
 
     def delimiter_ids(self) -> list[int]:
         """Ids of the symbols that separate words (what ``model=fixed_boundary`` counts with

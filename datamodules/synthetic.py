@@ -585,10 +585,11 @@ class SyntheticDataModule(CharStreamDataModule):
 
     def boundaries(self, split: str) -> dict[str, np.ndarray]:
         """The generator's boundaries: equal to the rules' except at the very last position,
-        where the generator knows whether the word ends and the rules cannot look ahead."""
-        self.setup()
+        where the generator knows whether the word ends and the rules cannot look ahead
+        (``word_at_delim``, which looks back, is the rules')."""
+        marks = super().boundaries(split)
         text = self.texts[split]
-        return {"word": text.word_end | text.phrase_end, "phrase": text.phrase_end}
+        return marks | {"word": text.word_end | text.phrase_end, "phrase": text.phrase_end}
 
     def reference_rates(self) -> dict[str, float]:
         """Bits per character of the source's exact predictor and of the trivial baselines."""

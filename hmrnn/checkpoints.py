@@ -6,7 +6,6 @@ from pathlib import Path
 from typing import Any
 
 from hmrnn.config import ConfigError
-from hmrnn.lit.checkpoint_io import read_checkpoint
 
 
 def parse_arguments(
@@ -33,6 +32,8 @@ def parse_arguments(
 def load_module(checkpoint: Path) -> Any:
     """The LightningModule a checkpoint holds (character LM or handwriting), on the CPU, in
     evaluation mode; CheckpointError (a ConfigError) when the file is corrupt."""
+    from hmrnn.lit.checkpoint_io import read_checkpoint  # Lightning: not for --help
+
     hparams = read_checkpoint(checkpoint).get("hyper_parameters", {})  # verified by its digest
     if "config" not in hparams:
         raise ConfigError(f"{checkpoint} is not a checkpoint written by hmrnn.train")

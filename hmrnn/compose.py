@@ -50,18 +50,32 @@ def load_group(group: str, name: str) -> DictConfig:
     return loaded
 
 
+# ``model.name=x`` / ``data.name=x`` are the group choices ``model=x`` / ``data=x``: the name of a
+# model or data set is the name of its file in conf/, never a value set over another file's
+NAME_KEYS = {"model.name": "model", "data.name": "data"}
+
+
 def split_arguments(argv: list[str]) -> tuple[dict[str, str], list[str]]:
-    """Separate group choices (``model=lstm``) from dotted overrides (``model.name=lstm``)."""
+    """Separate group choices (``model=lstm``, or ``model.name=lstm``) from dotted overrides.
+
+    A group chosen twice with different names is a ConfigError, so no choice is silently lost.
+    """
     selected: dict[str, str] = {}
     overrides: list[str] = []
     for arg in argv:
         key, sep, value = arg.partition("=")
         if not sep or not key:
             raise ConfigError(f"argument {arg!r} is not of the form key=value")
-        if key in GROUPS:
-            selected[key] = value
-        else:
+        group = NAME_KEYS.get(key, key)
+        if group not in GROUPS:
             overrides.append(arg)
+            continue
+        if group in selected and selected[group] != value:
+            raise ConfigError(
+                f"{group} is chosen twice on the command line ({selected[group]!r} and "
+                f"{value!r}); give {group}=<name> once"
+            )
+        selected[group] = value
     return selected, overrides
 
 
@@ -84,6 +98,16 @@ def config_error(error: OmegaConfBaseException, where: str) -> ConfigError:
     return ConfigError(f"{where}: {str(error).splitlines()[0]}")
 
 
+def no_name(values: Any, where: str, group: str) -> None:
+    """A YAML file may not set ``name`` in the model or data section: the group choice would
+    overwrite it (an experiment chooses with its ``defaults:`` block)."""
+    if isinstance(values, DictConfig) and "name" in values:
+        raise ConfigError(
+            f"{where} sets {group}.name; choose the {group} with a defaults: block in an "
+            f"experiment ({group}: <name>) or {group}=<name> on the command line"
+        )
+
+
 def compose(argv: list[str]) -> tuple[Config, DictConfig]:
     """The validated :class:`Config` and its OmegaConf form (for printing and saving)."""
     selected, overrides = split_arguments(argv)
@@ -102,14 +126,12 @@ def compose(argv: list[str]) -> tuple[Config, DictConfig]:
 
     cfg = OmegaConf.structured(Config)
     OmegaConf.set_struct(cfg, True)
-    cfg = _merge(
-        cfg, {"data": load_group("data", selected["data"])}, where=f"data/{selected['data']}.yaml"
-    )
-    cfg = _merge(
-        cfg,
-        {"model": load_group("model", selected["model"])},
-        where=f"model/{selected['model']}.yaml",
-    )
+    for group in ("data", "model"):
+        values = load_group(group, selected[group])
+        no_name(values, f"{group}/{selected[group]}.yaml", group)
+        cfg = _merge(cfg, {group: values}, where=f"{group}/{selected[group]}.yaml")
+    for group in ("data", "model"):
+        no_name(experiment.get(group), f"experiment/{selected.get('experiment')}.yaml", group)
     cfg = _merge(cfg, experiment, where=f"experiment/{selected.get('experiment')}.yaml")
     try:
         cli = OmegaConf.from_dotlist(overrides)

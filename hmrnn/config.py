@@ -38,7 +38,7 @@ class ModelConfig:
     output_size: int = 512
     """E, the size of the output embedding h^e."""
     layer_norm: bool = False
-    """Layer normalisation of each projection and of c_t (SPEC section 4)."""
+    """Layer normalisation of each projection and of c_t (model.md §4)."""
     boundary: str = "step"
     """Boundary estimator: ``step``, ``bernoulli`` or ``soft`` (HM-LSTM only)."""
     top_layer_boundary: bool = False
@@ -94,14 +94,14 @@ class DataConfig:
     iam_seed: int = 2017
     """IAM-OnDB: seed of the random split."""
     iam_min_points: int = 300
-    """IAM-OnDB: lines with fewer points are dropped (SPEC section 6)."""
+    """IAM-OnDB: lines with fewer points are dropped (model.md §6)."""
     iam_splits_dir: str = ""
     """IAM-OnDB: folder of the official form lists; empty: look beside the data."""
 
 
 @dataclass
 class OptimConfig:
-    """Adam, gradient clipping and the plateau schedule (SPEC section 6)."""
+    """Adam, gradient clipping and the plateau schedule (model.md §6)."""
 
     lr: float = 2e-3
     """Adam learning rate."""
@@ -119,7 +119,7 @@ class OptimConfig:
 
 @dataclass
 class SlopeConfig:
-    """Slope annealing of the hard sigmoid: a = min(max_slope, 1 + rate * epoch) (SPEC 2)."""
+    """Slope annealing of the hard sigmoid: a = min(max_slope, 1 + rate * epoch) (model.md §2)."""
 
     rate: float = 0.0
     """k, the slope's growth per (fractional) epoch; 0 keeps a = 1."""
@@ -162,6 +162,9 @@ class TrainerConfig:
     """Validate every this many training batches (int) or fraction of an epoch (float)."""
     limit_val_batches: Any = 1.0
     """Validation batches per validation (int) or fraction of the stream (float)."""
+    limit_test_batches: Any = 1.0
+    """Test batches (int) or fraction of the test stream (float), for quick runs; the paper's
+    numbers need the whole split (1.0). results.json's boundary scores cover the same part."""
     log_every_n_steps: int = 20
     """Log training metrics every this many steps."""
     checkpoint_every_n_steps: int = 0

@@ -2,13 +2,15 @@
 
     strokes = to_strokes(points)                # absolute coordinates, split at pen-up
     write_svg(points, "sample.svg")
-    write_png(points, "sample.png", colours=segment_colours(boundaries))
+    write_png(points, "sample.png", segments=segment_colours(boundaries))
+    write_png_panels(points, "both.png", [("pen-up", true), ("layer 2", model)], title="run")
 
 Coordinates are IAM-OnDB's: y grows downwards, as on a screen and in SVG.
 """
 
 from __future__ import annotations
 
+import html
 from pathlib import Path
 
 import numpy as np
@@ -55,8 +57,11 @@ def _pieces(points: np.ndarray, segments: np.ndarray | None) -> list[tuple[np.nd
     return [(p, s) for p, s in out if len(p)]
 
 
-def svg_text(points: np.ndarray, segments: np.ndarray | None = None, width: float = 2.0) -> str:
-    """An SVG document with one polyline per stroke (and per segment when given)."""
+def svg_text(
+    points: np.ndarray, segments: np.ndarray | None = None, width: float = 2.0, title: str = ""
+) -> str:
+    """An SVG document with one polyline per stroke (and per segment when given), and
+    ``title`` as its ``<title>`` (what a viewer shows as the document's name)."""
     pieces = _pieces(points, segments)
     xy = np.concatenate([p for p, _ in pieces]) if pieces else np.zeros((1, 2))
     lo, hi = xy.min(0) - 10, xy.max(0) + 10
@@ -68,6 +73,8 @@ def svg_text(points: np.ndarray, segments: np.ndarray | None = None, width: floa
         f'<rect x="{lo[0]:.1f}" y="{lo[1]:.1f}" width="{size[0]:.1f}" height="{size[1]:.1f}" '
         'fill="white"/>',
     ]
+    if title:
+        lines.insert(1, f"<title>{html.escape(title)}</title>")
     for piece, s in pieces:
         coords = " ".join(f"{x:.1f},{y:.1f}" for x, y in piece)
         colour = PALETTE[s % len(PALETTE)] if segments is not None else "black"
@@ -79,8 +86,10 @@ def svg_text(points: np.ndarray, segments: np.ndarray | None = None, width: floa
     return "\n".join(lines) + "\n"
 
 
-def write_svg(points: np.ndarray, path: str | Path, segments: np.ndarray | None = None) -> None:
-    atomic_write(path, svg_text(points, segments))
+def write_svg(
+    points: np.ndarray, path: str | Path, segments: np.ndarray | None = None, title: str = ""
+) -> None:
+    atomic_write(path, svg_text(points, segments, title=title))
 
 
 def draw_on(ax: object, points: np.ndarray, segments: np.ndarray | None = None) -> None:
@@ -123,23 +132,66 @@ def write_png(
     atomic_write(path, _png_bytes(fig, dpi))
 
 
+TITLE_BAND = 0.45  # inches of the figure title of write_png_panels
+LEGEND_BAND = 0.6  # inches of its colour legend
+PANEL_TITLE = 0.35  # inches above each panel for its title
+
+
+def panel_layout(
+    points: np.ndarray, panels: int
+) -> tuple[tuple[float, float], list[tuple[float, float, float, float]]]:
+    """(figure size in inches, axes rectangle (left, bottom, width, height) in figure fractions
+    of each panel, top to bottom) for :func:`write_png_panels`: the title, the legend, then the
+    panels, each 10 inches wide and as tall as the trajectory's aspect asks."""
+    xy = np.cumsum(np.asarray(points, dtype=np.float64)[:, :2], axis=0)
+    span = np.maximum(xy.max(0) - xy.min(0), 1.0)
+    width, height = 10.0, max(1.0, 10.0 * span[1] / span[0])
+    total = TITLE_BAND + LEGEND_BAND + panels * (PANEL_TITLE + height) + 0.1
+    rects = []
+    for i in range(panels):
+        bottom = TITLE_BAND + LEGEND_BAND + (i + 1) * (PANEL_TITLE + height)  # from the top
+        rects.append((0.02, 1 - bottom / total, 0.96, height / total))
+    return (width, total), rects
+
+
 def write_png_panels(
     points: np.ndarray,
     path: str | Path,
     panels: list[tuple[str, np.ndarray | None]],
     dpi: int = 100,
+    title: str = "",
 ) -> None:
-    """The same trajectory drawn once per (title, segments) panel, stacked top to bottom."""
+    """The same trajectory drawn once per (panel title, segments) panel, stacked top to bottom
+    under the figure's ``title`` and a legend of the segment colours (segment 1, 2, ... in the
+    order drawn; the palette repeats after its last colour)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.lines import Line2D
 
-    xy = np.cumsum(np.asarray(points, dtype=np.float64)[:, :2], axis=0)
-    span = np.maximum(xy.max(0) - xy.min(0), 1.0)
-    width, height = 10.0, max(1.0, 10.0 * span[1] / span[0])
-    fig, axes = plt.subplots(len(panels), 1, figsize=(width, (height + 0.5) * len(panels)))
-    for ax, (title, segments) in zip(np.atleast_1d(axes), panels, strict=True):
+    size, rects = panel_layout(points, len(panels))
+    fig = plt.figure(figsize=size)
+    for rect, (name, segments) in zip(rects, panels, strict=True):
+        ax = fig.add_axes(rect)
         draw_on(ax, points, segments)
-        ax.set_title(title)
+        ax.set_title(name, fontsize=10)
+    top = size[1]
+    fig.text(0.01, 1 - TITLE_BAND / 2 / top, title, va="center", fontsize=12, weight="bold")
+    used = max([int(np.max(s)) + 1 for _, s in panels if s is not None and len(s)] or [1])
+    count = min(used, len(PALETTE))
+    handles = [Line2D([], [], color=PALETTE[i], linewidth=3) for i in range(count)]
+    labels = [str(i + 1) for i in range(count)]
+    repeat = f" ({count} colours, repeated: {used} segments)" if used > len(PALETTE) else ""
+    fig.legend(
+        handles,
+        labels,
+        loc="center",
+        bbox_to_anchor=(0.5, 1 - (TITLE_BAND + LEGEND_BAND / 2) / top),
+        ncol=count,
+        frameon=False,
+        fontsize=8,
+        title=f"colour = segment number, in drawing order{repeat}",
+        title_fontsize=9,
+    )
     atomic_write(path, _png_bytes(fig, dpi))

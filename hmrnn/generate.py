@@ -24,18 +24,11 @@ import numpy as np
 import torch
 
 from hmrnn.checkpoints import load_module, parse_arguments
+from hmrnn.cli import COMMANDS, print_help_if_asked
 from hmrnn.config import ConfigError
 from hmrnn.drawing import segment_colours, write_png, write_svg
 
-DEFAULTS = {
-    "length": "700",
-    "temperature": "1.0",
-    "seed": "0",
-    "out": "sample",
-    "layer": "2",
-    "prompt": "",
-    "marks": "true",
-}
+DEFAULTS = COMMANDS["hmrnn.generate"].defaults()
 
 
 def sample_handwriting(module: Any, options: dict[str, str]) -> list[Path]:
@@ -61,6 +54,11 @@ def sample_handwriting(module: Any, options: dict[str, str]) -> list[Path]:
     return written
 
 
+def shown(symbols: list[str]) -> str:
+    """Symbols in order, each as its Python literal, so spaces, newlines and controls show."""
+    return ", ".join(repr(ch) for ch in symbols)
+
+
 @torch.no_grad()
 def sample_text(
     model: Any,
@@ -74,9 +72,12 @@ def sample_text(
     """The prompt's ids followed by ``length`` sampled ids, and the boundaries (n, K) used
     after each of them. ``start`` is fed first (and not returned) when the prompt is empty."""
     index = {s: i for i, s in enumerate(vocab)}
-    unknown = sorted({ch for ch in prompt if ch not in index})
+    unknown = list(dict.fromkeys(ch for ch in prompt if ch not in index))  # first-seen order
     if unknown:
-        raise ConfigError(f"prompt holds symbols outside the model's vocabulary: {unknown}")
+        raise ConfigError(
+            f"prompt holds symbols outside the model's vocabulary: {shown(unknown)}; "
+            f"the vocabulary ({len(vocab)} symbols): {shown(vocab)}"
+        )
     if temperature <= 0:
         raise ConfigError(f"temperature={temperature} must be positive")
     model.eval()
@@ -127,9 +128,11 @@ def generate_text(module: Any, options: dict[str, str]) -> str:
 
 
 def main(argv: list[str] | None = None) -> list[Path] | str:
-    checkpoint, options = parse_arguments(
-        sys.argv[1:] if argv is None else argv, DEFAULTS, "hmrnn.generate"
-    )
+    """Sample from a checkpoint: the text, or the files drawn (none for ``--help``)."""
+    argv = sys.argv[1:] if argv is None else argv
+    if print_help_if_asked(argv, "hmrnn.generate"):
+        return []
+    checkpoint, options = parse_arguments(argv, DEFAULTS, "hmrnn.generate")
     module = load_module(checkpoint)
     if "mean" not in module.hparams:
         text = generate_text(module, options)

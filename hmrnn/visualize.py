@@ -1,35 +1,38 @@
-"""Draw the hierarchy a trained model uses: the paper's figures (SPEC section 8) as PNG and SVG.
+"""Draw the hierarchy a trained model uses: the paper's figures (model.md §8) as PNG and SVG.
 
     python -m hmrnn.visualize runs/<run>/checkpoints/best.ckpt [split=valid] [offset=0] \
         [length=450] [out=runs/<run>/figures]
 
 Text models write ``boundaries.{png,svg}`` (one row per detector, z^2 above z^1, white = 1, the
 characters under their cells, 90 a line) and ``norms.{png,svg}`` (||h^3||, z^2, ||h^2||, z^1,
-||h^1|| as heat strips, each norm scaled to [0, 1] over the excerpt) for ``length`` symbols of
-the split from ``offset``, the state warmed up on the 1,000 symbols before it. Handwriting models
-write ``handwriting.png`` (sequence ``offset`` of the split drawn twice: strokes coloured by the
-true pen-up segments, and by the layer-2 boundaries) and ``handwriting_{true,layer2}.svg``.
+||h^1|| as heat strips, each norm scaled to [0, 1] over the excerpt, black = its minimum) for
+``length`` symbols of the split from ``offset``, the state warmed up on the 1,000 symbols before
+it. Handwriting models write ``handwriting.png`` (sequence ``offset`` of the split drawn twice:
+strokes coloured by the true pen-up segments, and by the layer-2 boundaries) and
+``handwriting_{true,layer2}.svg``. Every figure is titled with the run (its folder's name), the
+split, the offset and the length, and has a legend: the boundary swatches (white = z = 1), the
+range each norm strip was scaled from, what the handwriting colours mean.
 
-:class:`BoundaryFigures` logs the same figures to W&B at every validation, on a fixed excerpt.
+:class:`hmrnn.run.figures.BoundaryFigures` logs the same figures to W&B at every validation, on
+a fixed excerpt.
 """
 
 from __future__ import annotations
 
-import io
 import sys
 from pathlib import Path
 from typing import Any
 
-import lightning as L
 import numpy as np
 import torch
 
 from hmrnn.checkpoints import load_module, parse_arguments
+from hmrnn.cli import COMMANDS, print_help_if_asked
 from hmrnn.config import ConfigError
 from hmrnn.drawing import segment_colours, write_png_panels, write_svg
-from hmrnn.strips import Strip, normalise, png_strips, write_strips
+from hmrnn.strips import Strip, heat_strip, write_strips
 
-DEFAULTS = {"split": "valid", "offset": "0", "length": "450", "out": "", "warmup": "1000"}
+DEFAULTS = COMMANDS["hmrnn.visualize"].defaults()
 SPLITS = {"valid": "valid", "val": "valid", "test": "test", "train": "train"}
 
 
@@ -65,7 +68,7 @@ def text_strips(
     boundaries = [Strip(f"z{l + 1}", z[:, l]) for l in reversed(range(detectors))]
     interleaved = []
     for l in reversed(range(K)):
-        interleaved.append(Strip(f"|h{l + 1}|", normalise(norms[:, l])))
+        interleaved.append(heat_strip(f"|h{l + 1}|", norms[:, l]))
         if 0 < l <= detectors:
             interleaved.append(Strip(f"z{l}", z[:, l - 1]))
     return boundaries, interleaved
@@ -76,15 +79,28 @@ def detectors_of(model: Any) -> int:
     return rnn.num_layers - 1 + int(getattr(rnn, "top_layer_boundary", False))
 
 
-def text_figures(module: Any, tokens: np.ndarray, options: dict[str, str], out: Path) -> list[Path]:
+def figure_title(run: str, what: str, split: str, where: str, step: int | None = None) -> str:
+    """The title line: ``run · what · split · where`` (offset and length), then the step."""
+    parts = [run, what, f"{split} split", where] + ([] if step is None else [f"step {step}"])
+    return " · ".join(p for p in parts if p)
+
+
+def text_figures(
+    module: Any, tokens: np.ndarray, options: dict[str, str], out: Path, run: str = ""
+) -> list[Path]:
+    """``boundaries`` and ``norms`` (SVG and PNG) of the excerpt ``options`` choose."""
     vocab = module.hparams.vocab
+    offset = int(options["offset"])
     ids, z, norms = text_excerpt(
-        module.model, tokens, int(options["offset"]), int(options["length"]), int(options["warmup"])
+        module.model, tokens, offset, int(options["length"]), int(options["warmup"])
     )
     text = "".join(vocab[i] for i in ids)
     boundaries, interleaved = text_strips(z, norms, detectors_of(module.model))
-    return write_strips(text, boundaries, out / "boundaries") + write_strips(
-        text, interleaved, out / "norms"
+    split, where = SPLITS[options["split"]], f"offset {offset} · length {len(text)}"
+    return write_strips(
+        text, boundaries, out / "boundaries", title=figure_title(run, "boundaries", split, where)
+    ) + write_strips(
+        text, interleaved, out / "norms", title=figure_title(run, "norms", split, where)
     )
 
 
@@ -101,7 +117,9 @@ def handwriting_boundaries(model: Any, points: np.ndarray) -> np.ndarray:
     return bounds
 
 
-def handwriting_figures(module: Any, points: np.ndarray, out: Path, layer: int = 2) -> list[Path]:
+def handwriting_figures(
+    module: Any, points: np.ndarray, out: Path, layer: int = 2, title: str = ""
+) -> list[Path]:
     """Sequence drawn twice: by true pen-up segments and by layer ``layer``'s boundaries."""
     z = handwriting_boundaries(module.model, points)
     pen = np.asarray(module.hparams.std), np.asarray(module.hparams.mean)
@@ -109,10 +127,19 @@ def handwriting_figures(module: Any, points: np.ndarray, out: Path, layer: int =
     drawn[:, :2] = drawn[:, :2] * pen[0] + pen[1]  # pen units
     true = segment_colours(drawn[:, 2])
     model_segments = segment_colours(z[:, layer - 1]) if layer - 1 < z.shape[1] else true
-    panels = [("true pen-up segments", true), (f"layer-{layer} boundaries", model_segments)]
-    write_png_panels(drawn, out / "handwriting.png", panels)
-    write_svg(drawn, out / "handwriting_true.svg", true)
-    write_svg(drawn, out / f"handwriting_layer{layer}.svg", model_segments)
+    pen_ups = int((drawn[:, 2] > 0.5).sum())
+    fired = int((z[:, layer - 1] > 0.5).sum()) if layer - 1 < z.shape[1] else 0
+    model_name = f"layer-{layer} segments: a new colour after each layer-{layer} boundary"
+    panels = [
+        (f"true pen-up segments: a new colour after each pen-up ({pen_ups} pen-ups)", true),
+        (f"{model_name} ({fired} boundaries)", model_segments),
+    ]
+    write_png_panels(drawn, out / "handwriting.png", panels, title=title)
+    for name, segments, what in (
+        ("handwriting_true.svg", true, "true pen-up segments"),
+        (f"handwriting_layer{layer}.svg", model_segments, f"layer-{layer} segments"),
+    ):
+        write_svg(drawn, out / name, segments, title=" · ".join(p for p in (title, what) if p))
     return [
         out / "handwriting.png",
         out / "handwriting_true.svg",
@@ -120,41 +147,9 @@ def handwriting_figures(module: Any, points: np.ndarray, out: Path, layer: int =
     ]
 
 
-# ------------------------------------------------------------------------------ W&B hook
-class BoundaryFigures(L.Callback):
-    """Log the boundary figure of a fixed validation excerpt to W&B after every validation
-    (the first ``length`` symbols of the validation stream, or its first sequence), so that
-    validations can be compared. Does nothing without a W&B logger or for the LSTM."""
-
-    def __init__(self, length: int = 270) -> None:
-        self.length = length
-
-    def on_validation_end(self, trainer: L.Trainer, pl_module: Any) -> None:
-        if trainer.sanity_checking or not trainer.is_global_zero or not pl_module.is_hierarchical:
-            return
-        loggers = [lg for lg in trainer.loggers if hasattr(lg, "log_image")]
-        if not loggers:
-            return
-        image = self.figure(trainer.datamodule, pl_module)
-        for logger in loggers:
-            logger.log_image(key="val/boundaries", images=[image], step=trainer.global_step)
-
-    def figure(self, dm: Any, module: Any) -> np.ndarray:
-        """The figure as an (H, W, C) array."""
-        import matplotlib.image
-
-        if hasattr(dm, "tokens"):  # text
-            ids, z, norms = text_excerpt(module.model, dm.tokens["valid"], 0, self.length, 0)
-            text = "".join(module.hparams.vocab[i] for i in ids)
-            _, interleaved = text_strips(z, norms, detectors_of(module.model))
-            png = png_strips(text, interleaved)
-        else:  # handwriting: the first validation sequence
-            import tempfile
-
-            with tempfile.TemporaryDirectory() as tmp:
-                handwriting_figures(module, dm.sequences["valid"][0], Path(tmp))
-                png = (Path(tmp) / "handwriting.png").read_bytes()
-        return matplotlib.image.imread(io.BytesIO(png), format="png")
+def handwriting_where(index: int, points: np.ndarray) -> str:
+    """The title's place of a handwriting figure: the sequence (``offset``) and its length."""
+    return f"sequence offset {index} · {len(points)} points"
 
 
 # -------------------------------------------------------------------------------- command
@@ -169,9 +164,13 @@ def parse(argv: list[str]) -> tuple[Path, dict[str, str]]:
 
 
 def main(argv: list[str] | None = None) -> list[Path]:
+    """Draw the figures of a checkpoint; the files written (none for ``--help``)."""
+    argv = sys.argv[1:] if argv is None else argv
+    if print_help_if_asked(argv, "hmrnn.visualize"):
+        return []
     from datamodules import build_datamodule
 
-    checkpoint, options = parse(sys.argv[1:] if argv is None else argv)
+    checkpoint, options = parse(argv)
     module = load_module(checkpoint)
     if not module.is_hierarchical:
         raise ConfigError(f"{checkpoint} holds a stacked LSTM: it has no boundaries to draw")
@@ -183,14 +182,16 @@ def main(argv: list[str] | None = None) -> list[Path]:
     dm.setup()
     split = SPLITS[options["split"]]
     if hasattr(dm, "tokens"):
-        written = text_figures(module, dm.tokens[split], options, out)
+        written = text_figures(module, dm.tokens[split], options, out, run_dir.name)
     else:
         index = int(options["offset"])
         if index >= len(dm.sequences[split]):
             raise ConfigError(
                 f"offset={index}: the {split} split holds {len(dm.sequences[split])} sequences"
             )
-        written = handwriting_figures(module, dm.sequences[split][index], out)
+        points = dm.sequences[split][index]
+        title = figure_title(run_dir.name, "handwriting", split, handwriting_where(index, points))
+        written = handwriting_figures(module, points, out, title=title)
     print("\n".join(str(p) for p in written))
     return written
 

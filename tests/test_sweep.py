@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -197,9 +198,10 @@ def test_grid_killed_mid_sweep_resumes_without_repeating_runs_and_reports(
         assert time.time() < deadline, "the killed runner's training kept running"
         time.sleep(0.5)
 
-    result = run_sweep(path)
-    assert f"resuming run {second['id']}" in result.stdout
+    result = run_sweep(path, "--progress-every", "0")
+    assert f"run 2/3 {second['id']} resumed from its checkpoint" in result.stdout
     runs = state_of(path)["runs"]
+    assert_sweep_output(result.stdout, runs, tmp_path / "state", started=runs[1:])
     assert [r["values"]["model"] for r in runs] == models, "no run repeated, none skipped"
     assert [r["id"] for r in runs[:2]] == [first["id"], second["id"]]
     assert all(r["state"] == "finished" for r in runs)
@@ -210,6 +212,7 @@ def test_grid_killed_mid_sweep_resumes_without_repeating_runs_and_reports(
 
     again = run_sweep(path)  # a complete grid: nothing more to do
     assert "grid is complete" in again.stdout and len(state_of(path)["runs"]) == 3
+    assert_sweep_output(again.stdout, runs, tmp_path / "state", started=[])
 
     # the report's table against the runs' results.json
     out = tmp_path / "report"
@@ -238,6 +241,45 @@ def test_grid_killed_mid_sweep_resumes_without_repeating_runs_and_reports(
     page = (out / "report.html").read_text()
     assert page.count("data:image/png;base64,") == 2 and "<table>" in page
     assert (out / "learning_curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def assert_sweep_output(
+    stdout: str, runs: list[dict[str, Any]], state: Path, started: list[dict[str, Any]]
+) -> None:
+    """The runner said, for each run it ran, its folder and log, its progress (steps read from
+    its CSV log) and how it ended; its final table holds every run's results.json metrics."""
+    for run in started:
+        i = next(i for i, r in enumerate(runs, 1) if r["id"] == run["id"])
+        log = state / "logs" / f"{run['id']}.log"
+        assert f"folder {run['run_dir']} | log {log}" in stdout
+        logged = {
+            int(row["step"]) + 1
+            for row in report.read_csv_history(Path(run["run_dir"]) / "csv" / "metrics.csv")
+            if "step" in row and any(k.startswith(("train/", "val/")) for k in row)
+        }
+        steps = re.findall(rf"run {i}/3 {run['id']}: step (\d+)/40 \(epoch \d+\)", stdout)
+        assert steps and {int(s) for s in steps} <= logged, (steps, logged)
+        results = json.loads((Path(run["run_dir"]) / "results.json").read_text())
+        assert (
+            f"run {i}/3 {run['id']} finished: test/bpc {results['metrics']['test/bpc']:.4f}, "
+            f"best val/bpc {results['best_val_bpc']:.4f}"
+        ) in stdout
+    lines = stdout.splitlines()
+    table = lines[next(i for i, x in enumerate(lines) if x.startswith("run ") and "status" in x) :]
+    assert re.split(r"\s{2,}", table[0]) == [
+        "run", "parameters", "status", "best val/bpc", "test/bpc", "wall"
+    ]  # fmt: skip
+    assert len(table) == 1 + len(runs)
+    for run, line in zip(runs, table[1:], strict=True):
+        results = json.loads((Path(run["run_dir"]) / "results.json").read_text())
+        name, parameters, status, best, test, _ = re.split(r"\s{2,}", line)
+        assert (name, parameters, status) == (
+            Path(run["run_dir"]).name,
+            f"model={run['values']['model']}",
+            "finished",
+        )
+        assert float(best) == pytest.approx(results["best_val_bpc"], abs=5e-5)
+        assert float(test) == pytest.approx(results["metrics"]["test/bpc"], abs=5e-5)
 
 
 def test_bayes_sweep_proposes_from_the_finished_runs(tmp_path: Path) -> None:
@@ -293,6 +335,69 @@ def test_hyperband_stops_a_run_worse_than_the_others_at_its_band(tmp_path: Path)
     ]
     assert runner.should_stop(runner.state.runs[2])
     assert not runner.should_stop(runner.state.runs[3])
+
+
+def test_progress_lines_read_step_epoch_metric_and_eta_from_the_run_folder(
+    tmp_path: Path,
+) -> None:
+    path = tiny_sweep(tmp_path, "grid", {"seed": {"values": [0, 1]}})
+    runner = sweep.Runner(path, tmp_path / "state", seed=0, progress_every=0)
+    run_dir = tmp_path / "runs" / "r"
+    (run_dir / "csv").mkdir(parents=True)
+    (run_dir / "config.yaml").write_text("trainer:\n  max_epochs: 3\n  max_steps: -1\n")
+    metrics = run_dir / "csv" / "metrics.csv"
+    # Lightning's rows: steps count from 0; epoch 0 ends with a validation at step 9
+    rows = ["epoch,step,train/loss,val/bpc,lr-Adam", ",4,,,0.1", "0,4,3.0,,", "0,9,2.9,,"]
+    metrics.write_text("\n".join([*rows, "0,9,,2.5,", "1,14,2.8,,"]) + "\n")
+    run = {"id": "r", "values": {"seed": 1}, "run_dir": str(run_dir), "state": "running"}
+    runner.state.runs.append(run)
+    runner.planned = 2
+
+    progress = sweep.read_progress(run_dir, "val/bpc", "minimize")
+    assert (progress.step, progress.epoch, progress.steps_per_epoch) == (15, 1, 10)
+    assert (progress.latest, progress.best) == (2.5, 2.5)
+    assert sweep.planned_steps(run_dir, progress) == (30, False)  # 3 epochs of 10 steps
+    watch = sweep.Watch(started=time.time())
+    _, line = runner.progress_line(run, watch, now=watch.started + 20)
+    assert (
+        line
+        == "[sweep] run 1/2 r: step 15/~30 (epoch 1), val/bpc 2.5000 (best 2.5000), 20s elapsed"
+    )
+    with metrics.open("a") as f:
+        f.write("1,19,,2.1,\n1,19,2.7,,\n")
+    _, line = runner.progress_line(run, watch, now=watch.started + 30)  # 5 steps in 10 s
+    assert line.endswith(
+        "step 20/~30 (epoch 1), val/bpc 2.1000 (best 2.1000), 30s elapsed, ETA 20s"
+    )
+    (run_dir / "config.yaml").write_text("trainer:\n  max_epochs: 3\n  max_steps: 20\n")
+    assert sweep.planned_steps(run_dir, progress) == (20, True)
+    _, line = runner.progress_line(run, watch, now=watch.started + 30)
+    assert "step 20/20 (epoch 1)" in line and line.endswith("training done")
+
+
+def test_a_failed_run_is_reported_with_its_exit_code_and_log_tail(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tiny_sweep(tmp_path, "grid", {"seed": {"values": [0]}})
+    runner = sweep.Runner(path, tmp_path / "state", seed=0, progress_every=0)
+    runner.planned = 1
+    run = {"id": "f1", "values": {"seed": 0}, "run_dir": str(tmp_path / "none"), "state": "running"}
+    runner.state.runs.append(run)
+    # a stand-in for a training that fails before it logs a step
+    crash = "print('loading data'); raise SystemExit('error: data.path /nowhere does not exist')"
+    runner.finish(run, runner.launch(run, [sys.executable, "-c", crash]))
+    out = capsys.readouterr().out
+    log = tmp_path / "state" / "logs" / "f1.log"
+    assert "run 1/1 f1 failed with exit code 1 before its first logged step" in out
+    assert f"the last lines of {log}:" in out
+    tail = out[out.index("the last lines of") :].splitlines()[1:]
+    assert tail[-2:] == [
+        "[sweep]   | loading data",
+        "[sweep]   | error: data.path /nowhere does not exist",
+    ]
+    assert state_of(path)["runs"][0]["state"] == "failed"
+    table = runner.table().splitlines()
+    assert re.split(r"\s{2,}", table[1])[:3] == ["none", "seed=0", "failed (exit 1)"]
 
 
 def test_report_groups_seeds_into_variants_with_mean_and_spread() -> None:
@@ -362,6 +467,8 @@ def test_report_boundary_table_gives_f1_segment_length_and_the_papers_count() ->
         metrics |= {f"test/update_l{l}": u, f"test/copy_l{l}": c, f"test/flush_l{l}": f}
     config = {"model.name": "hmlstm", "model.num_layers": 3, "seed": 0}
     results = {"boundaries": {"l1/word/tol0": {"f1": 0.5}, "l1/word/tol1": {"f1": 0.9}}}
+    # the delimiter convention, here only as logged test metrics (a W&B run's summary)
+    results["metrics"] = {"test/word_at_delim_f1_l1_tol0": 0.25, "test/word_at_delim_f1_l1_tol1": 1}
     run = report.RunRecord("a", config, metrics, agreement=report.agreement_scores(results))
     lstm = report.RunRecord("b", {"model.name": "lstm", "model.num_layers": 3}, {"test/bpc": 2.0})
     rows = report.table_rows(report.group_variants([run, lstm]))
@@ -370,6 +477,8 @@ def test_report_boundary_table_gives_f1_segment_length_and_the_papers_count() ->
     line = dict(zip(header, cells[0], strict=True))
     assert line["layer 1 F1 word (tol 0 / 1)"] == "0.50 / 0.90"
     assert line["layer 2 F1 word (tol 0 / 1)"] == "– / –"
+    assert line["layer 1 F1 word_at_delim (tol 0 / 1)"] == "0.25 / 1.00"
+    assert header.index("layer 1 F1 word_at_delim (tol 0 / 1)") == 2  # beside "word"
     assert line["layer 1 segment length"] == "4.0" and line["layer 2 segment length"] == "20.0"
     # 270 x (update + flush): 270, 67.5, 13.5 (rounded as printed)
     assert line["updates per 270 steps (stacked RNN: 810)"] == "270 / 68 / 14 = 351"

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
+
 import torch
 from torch import Tensor
 
@@ -11,7 +13,7 @@ OPERATIONS = ("update", "copy", "flush")
 def operation_counts(
     boundaries: Tensor, z0: Tensor | None = None, mask: Tensor | None = None
 ) -> Tensor:
-    """How often each layer UPDATEs, COPYs and FLUSHes (SPEC section 1's table).
+    """How often each layer UPDATEs, COPYs and FLUSHes (model.md §1's table).
 
     Args:
         boundaries: (T, B, K) the z_t^l a model used (binary; soft values count fractionally).
@@ -38,19 +40,88 @@ def operation_counts(
     return ops.sum((0, 1))
 
 
+AT_DELIMITER = "_at_delim"
+"""Suffix of a kind's delimiter convention: ``word`` marks the last symbol of each word (the step
+a detector that predicts the delimiter can fire at), ``word_at_delim`` the step after it, which
+reads the delimiter (where a detector that has seen it, as ``fixed_boundary`` does, fires)."""
+
+
+def truth_kinds(rules: Mapping[str, tuple[Sequence[int], Sequence[int]]]) -> list[str]:
+    """The kinds of true boundary scored for the rules ``kind -> (before, at)``: each kind in the
+    end convention and, when it has a ``before`` rule, ``{kind}_at_delim`` after it. A kind with
+    only an ``at`` rule (a unit ending on its own symbol: '.', end of line, pen-up) has one
+    convention: its last symbol is the step that reads it."""
+    kinds = []
+    for kind, (before, _) in rules.items():
+        kinds += [kind, kind + AT_DELIMITER] if len(before) else [kind]
+    return kinds
+
+
+def _isin(x: Tensor, ids: Sequence[int]) -> Tensor:
+    return torch.isin(x, torch.tensor(list(ids), dtype=x.dtype, device=x.device))
+
+
 def mark_boundaries(
-    inputs: Tensor, next_inputs: Tensor, before: list[int], at: list[int], delimiters: list[int]
+    inputs: Tensor,
+    next_inputs: Tensor,
+    before: Sequence[int],
+    at: Sequence[int],
+    delimiters: Sequence[int],
 ) -> Tensor:
-    """True boundaries of one kind from the symbols themselves (the data modules' truth rules).
+    """True boundaries of one kind from the symbols themselves (the data modules' truth rules),
+    in the end convention.
 
     t is a boundary when x_t is not a delimiter and x_{t+1} is in ``before`` (t holds the last
     symbol of a unit), or when x_t is in ``at``. Shape: inputs, next_inputs (T, B) ids -> (T, B).
     """
+    return _isin(inputs, at) | (~_isin(inputs, delimiters) & _isin(next_inputs, before))
 
-    def isin(x: Tensor, ids: list[int]) -> Tensor:
-        return torch.isin(x, torch.tensor(ids, dtype=x.dtype, device=x.device))
 
-    return isin(inputs, at) | (~isin(inputs, delimiters) & isin(next_inputs, before))
+def mark_boundaries_at_delimiter(
+    inputs: Tensor,
+    before: Sequence[int],
+    at: Sequence[int],
+    delimiters: Sequence[int],
+    previous: Tensor | None = None,
+) -> Tensor:
+    """The same boundaries in the delimiter convention: those of the ``before`` rule one step
+    later, on the step that reads the delimiter.
+
+    t is a boundary when x_t is in ``before`` and x_{t-1} is not a delimiter, or when x_t is in
+    ``at``. ``previous`` (B,) holds x_{-1}, the input before the first step (the last input of
+    the batch before, whose state was carried); None: unknown, taken as no delimiter, so a
+    delimiter read first closes a unit. Shape: inputs (T, B) ids -> (T, B).
+    """
+    after_delimiter = torch.zeros_like(inputs, dtype=torch.bool)  # x_{t-1} is a delimiter
+    after_delimiter[1:] = _isin(inputs[:-1], delimiters)
+    if previous is not None and len(inputs):
+        after_delimiter[0] = _isin(previous.to(inputs.device), delimiters)
+    return _isin(inputs, at) | (_isin(inputs, before) & ~after_delimiter)
+
+
+def true_boundaries(
+    inputs: Tensor,
+    next_inputs: Tensor,
+    rules: Mapping[str, tuple[Sequence[int], Sequence[int]]],
+    delimiters: Sequence[int],
+    previous: Tensor | None = None,
+) -> dict[str, Tensor]:
+    """Every kind of :func:`truth_kinds` of a batch: (T, B) bool each.
+
+    Args:
+        inputs: (T, B) x_t; next_inputs: (T, B) x_{t+1} (the targets).
+        rules: kind -> (before, at) ids (``CharStreamDataModule.truth_rules``).
+        delimiters: the ids that separate units.
+        previous: (B,) x_{-1}, see :func:`mark_boundaries_at_delimiter`.
+    """
+    out = {}
+    for kind, (before, at) in rules.items():
+        out[kind] = mark_boundaries(inputs, next_inputs, before, at, delimiters)
+        if len(before):
+            out[kind + AT_DELIMITER] = mark_boundaries_at_delimiter(
+                inputs, before, at, delimiters, previous
+            )
+    return out
 
 
 def boundary_counts(predicted: Tensor, true: Tensor, tolerance: int = 0) -> Tensor:

@@ -1,4 +1,4 @@
-"""The boundary detector: hard sigmoid with a slope and its three variants (SPEC section 2).
+"""The boundary detector: hard sigmoid with a slope and its three variants (model.md §2).
 
     hard_sigm(x) = max(0, min(1, (a * x + 1) / 2))
 

@@ -1,6 +1,6 @@
 """The HM-LSTM's fast path without layer norm: one loop over the sequence, written by hand.
 
-:class:`HMLSTM` runs this for ``layer_norm=False`` (the equations of SPEC section 1 without the
+:class:`HMLSTM` runs this for ``layer_norm=False`` (the equations of model.md §1 without the
 normalisation). Compared with building the sequence out of autograd operations it
 
 - computes the backward pass through time by hand (an autograd Function over the whole

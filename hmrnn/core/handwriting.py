@@ -1,4 +1,4 @@
-"""The handwriting model (SPEC section 3): HM-LSTM -> output module -> mixture density head.
+"""The handwriting model (model.md §3): HM-LSTM -> output module -> mixture density head.
 
 Input and target per point: (dx, dy, pen_up), dx and dy normalised by the training set's mean
 and standard deviation; the model reads point t and gives the distribution of point t + 1.

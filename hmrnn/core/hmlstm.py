@@ -1,6 +1,6 @@
-"""The Hierarchical Multiscale LSTM (SPEC sections 1, 2, 4, 5), with nn.LSTM's calling contract.
+"""The Hierarchical Multiscale LSTM (model.md §§1, 2, 4, 5), with nn.LSTM's calling contract.
 
-One step of layer l (1-based in the SPEC, 0-based in the code) computes one joint pre-activation
+One step of layer l (1-based in model.md, 0-based in the code) computes one joint pre-activation
 
     s = U h_{t-1}^l + z_{t-1}^l * V h_{t-1}^{l+1} + z_t^{l-1} * W h_t^{l-1} + b      # (B, 4H+1)
 
@@ -76,7 +76,7 @@ class HMLSTM(nn.Module):
         hidden_size: H, the size of every layer's h and c.
         num_layers: K >= 1.
         layer_norm: normalise the recurrent, top-down and bottom-up projections separately
-            (before the boundary gating) and c_t before its tanh (SPEC section 4).
+            (before the boundary gating) and c_t before its tanh (model.md §4).
         boundary: ``"step"`` (straight-through), ``"bernoulli"`` (sampled in training) or
             ``"soft"`` (never discretised).
         top_layer_boundary: give the top layer a boundary detector so that it can FLUSH (a common
@@ -177,7 +177,7 @@ class HMLSTM(nn.Module):
 
     @torch.no_grad()
     def reset_parameters(self) -> None:
-        """SPEC section 5: orthogonal recurrent blocks, Xavier-uniform input and top-down blocks,
+        """model.md §5: orthogonal recurrent blocks, Xavier-uniform input and top-down blocks,
         zero biases except the forget gate (+1), unit layer-norm gains."""
         H = self.hidden_size
         for l in range(self.num_layers):

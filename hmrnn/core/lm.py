@@ -31,7 +31,7 @@ class LMOutput(NamedTuple):
 
 
 class CharLM(nn.Module):
-    """Character-level language model around an :class:`HMLSTM` (SPEC sections 3 and 6).
+    """Character-level language model around an :class:`HMLSTM` (model.md §§3 and 6).
 
     Args:
         vocab_size: V.

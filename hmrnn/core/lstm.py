@@ -46,7 +46,7 @@ class StackedLSTM(nn.Module):
             self.ln_hh = nn.Parameter(torch.ones(num_layers, G))
             self.ln_c_weight = nn.Parameter(torch.ones(num_layers, hidden_size))
             self.ln_c_bias = nn.Parameter(torch.zeros(num_layers, hidden_size))
-        with torch.no_grad():  # the forget-gate bias of +1, as in the HM-LSTM (SPEC section 5)
+        with torch.no_grad():  # the forget-gate bias of +1, as in the HM-LSTM (model.md §5)
             for lstm in self.layers:
                 lstm.bias_ih_l0.zero_()
                 lstm.bias_hh_l0.zero_()

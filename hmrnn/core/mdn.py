@@ -1,4 +1,4 @@
-"""Mixture density head for handwriting (SPEC section 3; Graves 2013).
+"""Mixture density head for handwriting (model.md §3; Graves 2013).
 
 Per step: M bivariate Gaussians over the pen offset (dx, dy), each with a weight, two means, two
 standard deviations and a correlation, plus one Bernoulli end-of-stroke unit: 6M + 1 outputs

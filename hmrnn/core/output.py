@@ -1,4 +1,4 @@
-"""The gated output module (SPEC section 3): every layer's h feeds the output embedding.
+"""The gated output module (model.md §3): every layer's h feeds the output embedding.
 
 g_t^l = sigmoid(w^l . [h_t^1; ...; h_t^K])           one scalar gate per layer and step
 h_t^e = ReLU( sum_l g_t^l * W_l^e h_t^l )              output embedding, size E, no biases

@@ -1,6 +1,6 @@
 """A plain, obviously-correct HM-LSTM: the test oracle for every faster path.
 
-It follows SPEC section 1 term by term (separate multiplies per projection, the product form of
+It follows model.md §1 term by term (separate multiplies per projection, the product form of
 the COPY / UPDATE / FLUSH table written out) and reads its weights from an :class:`HMLSTM`, so
 both compute with the same parameters. Speed is no goal here.
 """

@@ -23,7 +23,7 @@ from hmrnn.lit.checkpoint_io import CheckpointWriteError, run_folder_of
 
 
 def slope_at(config: SlopeConfig, epoch: float) -> float:
-    """SPEC section 2: a = min(a_max, 1 + k * epoch), epoch counted fractionally."""
+    """model.md §2: a = min(a_max, 1 + k * epoch), epoch counted fractionally."""
     return min(config.max_slope, 1.0 + config.rate * epoch)
 
 

@@ -1,7 +1,7 @@
 """LitHandwriting: the handwriting model (HM-LSTM + mixture density head) on IAM-OnDB.
 
 Each batch holds whole, padded sequences (no state carried between batches). The loss is the
-mean negative log-likelihood per real point; the metric (SPEC section 3) is the average
+mean negative log-likelihood per real point; the metric (model.md §3) is the average
 log-likelihood per sequence in the normalised space, summed over every sequence of every rank.
 """
 

@@ -98,7 +98,9 @@ class BoundaryAgreement(Metric):
     boundary, at each tolerance (steps), from counts summed over batches and ranks.
 
     A tolerance window does not reach across the edge of a batch (one step in 100 at most).
-    Keys: ``{kind}_{precision|recall|f1}_l{layer}_tol{k}``.
+    Keys: ``{kind}_{precision|recall|f1}_l{layer}_tol{k}``; the kinds of a character stream are
+    :func:`~hmrnn.core.analysis.truth_kinds` (``word`` and ``word_at_delim``, its delimiter
+    convention, ...).
     """
 
     full_state_update = False

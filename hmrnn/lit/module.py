@@ -16,7 +16,7 @@ from torchmetrics import Metric
 
 from hmrnn.config import Config
 from hmrnn.core import CharLM, HMLSTMState
-from hmrnn.core.analysis import mark_boundaries
+from hmrnn.core.analysis import true_boundaries, truth_kinds
 from hmrnn.core.fixed import FixedState
 from hmrnn.lit.base import SPLIT_NAMES, LitBase, detach_state, fixed_boundaries, rnn_options
 from hmrnn.lit.metrics import BitsPerChar
@@ -49,7 +49,9 @@ class LitCharLM(LitBase):
         delimiters: ids of the data's word separators (for ``model=fixed_boundary`` and the
             true boundaries).
         truth_rules: kind -> [before ids, at ids] of the data's true boundaries
-            (``CharStreamDataModule.truth_rules``), measured against every validation and test.
+            (``CharStreamDataModule.truth_rules``), measured against every validation and test
+            in both conventions (``word`` and ``word_at_delim``, see
+            :func:`~hmrnn.core.analysis.truth_kinds`).
     """
 
     def __init__(
@@ -65,9 +67,12 @@ class LitCharLM(LitBase):
         self.model = build_model(self.config, vocab_size, delimiters)
         self.delimiters = list(delimiters or [])
         self.truth_rules = {k: (list(b), list(a)) for k, (b, a) in (truth_rules or {}).items()}
-        self.set_truth_kinds(list(self.truth_rules))
+        self.set_truth_kinds(truth_kinds(self.truth_rules))
         self.bpc_metrics = torch.nn.ModuleDict({f"{s}_": BitsPerChar() for s in SPLIT_NAMES})
         self.carried: dict[str, HMLSTMState | FixedState | None] = dict.fromkeys(SPLIT_NAMES)
+        # each split's last input (B,), x_{-1} of the next batch: the delimiter convention of
+        # the true boundaries looks one step back
+        self.carried_input: dict[str, Tensor | None] = dict.fromkeys(SPLIT_NAMES)
 
     def bpc(self, split: str) -> BitsPerChar:
         return self.bpc_metrics[f"{split}_"]  # type: ignore[return-value]
@@ -92,11 +97,12 @@ class LitCharLM(LitBase):
             self.stats(split).update(out.boundaries, z0)
             agreement = self.agreement(split)
             if agreement is not None:
-                truth = {
-                    kind: mark_boundaries(tokens, targets, before, at, self.delimiters)
-                    for kind, (before, at) in self.truth_rules.items()
-                }
+                previous = None if state is None else self.carried_input[split]
+                truth = true_boundaries(
+                    tokens, targets, self.truth_rules, self.delimiters, previous
+                )
                 agreement.update(out.boundaries, truth)
+                self.carried_input[split] = tokens[-1]
         loss = out.loss
         if split == "train":
             loss = loss + self._regularizer(out.boundaries)

@@ -60,3 +60,48 @@ def test_boundary_counts_work_per_column_of_a_batch() -> None:
     # tolerance 1 within each column only: (0,0) is next to (1,0); (2,1) is not next to (0,1)
     assert boundary_counts(pred, true, 1).tolist() == [1, 2, 1, 2]
     assert boundary_counts(pred, true, 0).tolist() == [0, 2, 0, 2]
+
+
+# ids: 0 = space, 1 = '.', 2.. letters; the synthetic data's word rule and its phrase rule
+WORD, PHRASE, DELIMITERS = ([0, 1], [1]), ([], [1]), [0, 1]
+
+
+def test_the_delimiter_convention_is_the_before_rule_one_step_later() -> None:
+    from hmrnn.core.analysis import true_boundaries, truth_kinds
+
+    rules = {"word": WORD, "phrase": PHRASE}
+    assert truth_kinds(rules) == ["word", "word_at_delim", "phrase"]  # '.' ends on itself
+    text = torch.tensor([2, 3, 0, 4, 1, 5, 0, 0, 6])  # "ab c.d  e"
+    truth = true_boundaries(text[:-1, None], text[1:, None], rules, DELIMITERS)
+    marked = {kind: torch.flatten(t).nonzero().flatten().tolist() for kind, t in truth.items()}
+    assert marked["word"] == [1, 3, 4, 5]  # b, c, the '.', d (before the first of two spaces)
+    assert marked["word_at_delim"] == [2, 4, 6]  # the space, the '.' (closing c), one space
+    assert marked["phrase"] == [4]
+
+
+def test_the_delimiter_convention_looks_back_across_the_edge_of_a_batch() -> None:
+    from hmrnn.core.analysis import mark_boundaries_at_delimiter
+
+    text = torch.tensor([[2, 0], [0, 0], [3, 0]])  # (T=3, B=2): "a b" and "   "
+    whole = mark_boundaries_at_delimiter(text, *WORD, DELIMITERS)
+    assert whole.tolist() == [[False, True], [True, False], [False, False]]
+    # the second batch of a stream whose first batch ended on "a" (row 0) and " " (row 1)
+    later = mark_boundaries_at_delimiter(text, *WORD, DELIMITERS, previous=torch.tensor([2, 0]))
+    assert later[0].tolist() == [False, False]  # "a" is no delimiter; " " after " " closes none
+    assert later[1:].tolist() == whole[1:].tolist()
+
+
+def test_each_firing_convention_scores_one_against_its_own_truth_at_tolerance_0() -> None:
+    from hmrnn.core.analysis import true_boundaries
+
+    text = torch.tensor([2, 3, 0, 4, 5, 1, 6, 0, 7, 1, 3])  # "ab cd.e f.b"
+    inputs = text[:-1]
+    truth = true_boundaries(inputs[:, None], text[1:, None], {"word": WORD}, DELIMITERS)
+    word, at_delim = truth["word"][:, 0], truth["word_at_delim"][:, 0]
+    on_delimiter = torch.isin(inputs, torch.tensor(DELIMITERS))  # fixed_boundary by delimiter
+    assert boundary_scores(on_delimiter, at_delim, 0)["f1"] == 1.0
+    assert boundary_scores(on_delimiter, word, 0)["f1"] < 0.5  # only the '.'s coincide
+    assert boundary_scores(on_delimiter, word, 1)["f1"] == 1.0  # one step late, within 1
+    on_last_letter = word  # a detector that predicts the delimiter
+    assert boundary_scores(on_last_letter, word, 0)["f1"] == 1.0
+    assert boundary_scores(on_last_letter, at_delim, 0)["f1"] < 0.5

@@ -1,4 +1,4 @@
-"""The boundary detector: forward rules and the straight-through gradient (SPEC section 2)."""
+"""The boundary detector: forward rules and the straight-through gradient (model.md §2)."""
 
 import pytest
 import torch

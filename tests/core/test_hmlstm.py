@@ -1,4 +1,4 @@
-"""The HM-LSTM against the SPEC's equations, nn.LSTMCell and the reference implementation."""
+"""The HM-LSTM against the equations of model.md, nn.LSTMCell and the reference implementation."""
 
 from __future__ import annotations
 
@@ -39,7 +39,7 @@ def spec_gates(
     below: Tensor,
     z_below: Tensor,
 ) -> tuple[Tensor, ...]:
-    """SPEC section 1's s_t^l written out term by term, sliced into i, f, g, o and s[z]."""
+    """model.md §1's s_t^l written out term by term, sliced into i, f, g, o and s[z]."""
     s = h_prev @ rnn.param("weight_hh", l).t() + rnn.param("bias", l)
     s = s + z_below[:, None] * (below @ rnn.param("weight_ih", l).t())
     if above is not None:

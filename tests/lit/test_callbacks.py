@@ -1,4 +1,4 @@
-"""Slope annealing follows SPEC section 2's schedule per step and lands in checkpoints."""
+"""Slope annealing follows model.md §2's schedule per step and lands in checkpoints."""
 
 from __future__ import annotations
 

@@ -64,3 +64,35 @@ def test_boundary_agreement_by_hand_with_tolerance_and_ranks() -> None:
     mask[5:] = False  # padding: neither predictions nor truths there count
     masked.update(z, {"word": true}, mask)
     assert masked.compute()["word_recall_l1_tol0"].item() == 1.0
+
+
+def test_boundary_agreement_scores_both_conventions_of_a_word() -> None:
+    from hmrnn.core.analysis import true_boundaries, truth_kinds
+    from hmrnn.lit.metrics import BoundaryAgreement
+
+    # ids: 0 = space, 1 = '.', 2.. letters: "ab cd.e f.gh i" as two batches of one row
+    text = torch.tensor([2, 3, 0, 4, 5, 1, 6, 0, 7, 1, 8, 9, 0, 2, 3])[:, None]
+    rules, delimiters = {"word": ([0, 1], [1]), "phrase": ([], [1])}, [0, 1]
+    kinds = truth_kinds(rules)
+    assert kinds == ["word", "word_at_delim", "phrase"]
+    # layer 1 fires on each delimiter read (fixed_boundary), layer 2 on each word's last letter
+    metric = BoundaryAgreement(2, kinds)
+    previous = None
+    for batch in (text[:8], text[7:]):  # the second starts on the space after "e"
+        inputs, targets = batch[:-1], batch[1:]
+        truth = true_boundaries(inputs, targets, rules, delimiters, previous)
+        z = torch.stack([torch.isin(inputs, torch.tensor(delimiters)), truth["word"]], -1)
+        metric.update(z.float(), truth)
+        previous = inputs[-1]
+    out = {k: v.item() for k, v in metric.compute().items()}
+    assert set(out) == {
+        f"{kind}_{name}_l{l}_tol{tol}"
+        for kind in kinds
+        for name in ("precision", "recall", "f1")
+        for l in (1, 2)
+        for tol in (0, 1)
+    }
+    assert out["word_at_delim_f1_l1_tol0"] == 1.0 and out["word_f1_l1_tol0"] < 0.5
+    assert out["word_f1_l1_tol1"] == 1.0  # one step late: within a tolerance of 1
+    assert out["word_f1_l2_tol0"] == 1.0 and out["word_at_delim_f1_l2_tol0"] < 0.5
+    assert out["phrase_recall_l1_tol0"] == 1.0  # a '.' ends a phrase on itself: one convention
