@@ -12,6 +12,8 @@ import torch
 from hmrnn import train as train_command
 from hmrnn.lit.callbacks import NonFiniteError
 from hmrnn.lit.module import LitCharLM
+from hmrnn.run import job
+from tests import helpers
 from tests.test_train import TINY
 
 POISONED_STEP = 12
@@ -234,14 +236,14 @@ def test_the_run_stops_before_the_disk_is_full(
         return usage._replace(free=int(free_mb * 2**20))
 
     monkeypatch.setattr(callbacks.shutil, "disk_usage", disk_usage)
-    original = train_command.build_trainer
+    original = job.build_trainer
 
     def with_step(config, run_dir):
         trainer, parts = original(config, run_dir)
         trainer.callbacks.insert(0, Step())
         return trainer, parts
 
-    monkeypatch.setattr(train_command, "build_trainer", with_step)
+    monkeypatch.setattr(job, "build_trainer", with_step)
     err = cli_fails(tmp_path, monkeypatch, capsys, max_steps=20)
     assert err.startswith(f"error: only {free_mb:.0f} MB are free on the file system of ")
     assert "trainer.min_free_mb=100" in err and f"resume={tmp_path / 'r'}" in err
@@ -280,21 +282,40 @@ def test_the_same_command_again_refuses_a_finished_run_or_other_settings(
     assert all(len(values) == 1 for values in logged(tmp_path / "r").values())
 
 
+# Rank 1 fails at step 5 (it raises, or hangs when the script's name says so) and notes the
+# time in <script>.fault. Rank 0 connects to rank 1 only once rank 1 is ready to (<script>.ready):
+# rank 0 starts rank 1 from scratch and waits at the rendezvous, which trainer.ddp_timeout_s
+# bounds too, so on a busy machine rank 1's start-up alone could outlast the test's short
+# timeout; the timeout is here for the failure at step 5.
 FAULTY_RANK = """
 import sys, time
+from pathlib import Path
+from lightning.pytorch.strategies import DDPStrategy
 from hmrnn import train
 from hmrnn.lit.module import LitCharLM
 
 original = LitCharLM._step
+setup_distributed = DDPStrategy.setup_distributed
+ready = Path(sys.argv[0] + ".ready")
 
 def step(self, split, batch):
     if split == "train" and self.trainer.global_rank == 1 and self.trainer.global_step == 5:
+        Path(sys.argv[0] + ".fault").write_text(repr(time.time()))
         if "hang" in sys.argv[0]:
             time.sleep(3600)
         raise RuntimeError("injected failure on rank 1 at step 5")
     return original(self, split, batch)
 
+def setup_when_every_rank_is_ready(self):
+    ranks = getattr(self.launcher, "procs", None) or []  # the ranks this one started
+    if not ranks:
+        ready.touch()
+    while ranks and not ready.exists() and all(p.poll() is None for p in ranks):
+        time.sleep(0.05)
+    setup_distributed(self)
+
 LitCharLM._step = step
+DDPStrategy.setup_distributed = setup_when_every_rank_is_ready
 train.cli()
 """
 
@@ -320,7 +341,6 @@ def alive_with(marker: str) -> list[int]:
 def test_one_ddp_rank_failing_ends_the_whole_job_in_bounded_time(
     tmp_path: Path, fault: str
 ) -> None:
-    import subprocess
     import sys
     import time
 
@@ -329,16 +349,23 @@ def test_one_ddp_rank_failing_ends_the_whole_job_in_bounded_time(
     args = [*TINY, f"out_dir={tmp_path}", "logger.mode=disabled", "trainer.max_steps=30"]
     args += ["trainer.devices=2", "trainer.strategy=ddp", "trainer.ddp_timeout_s=15"]
     started = time.time()
-    result = subprocess.run(
-        [sys.executable, str(script), *args], capture_output=True, text=True, timeout=240
-    )
-    took = time.time() - started
+    result = helpers.run([sys.executable, str(script), *args], watch=[tmp_path])
+    # bounded time: from the failure (start-up, however slow on a busy machine, is not counted)
+    failed = Path(f"{script}.fault")
+    took = time.time() - (float(failed.read_text()) if failed.is_file() else started)
     assert result.returncode != 0
     if fault == "crash":
         assert "injected failure on rank 1 at step 5" in result.stderr and took < 120
     else:
         assert "Timed out" in result.stderr and took < 15 + 120
-    time.sleep(1)
+    # rank 0 killed the others: wait while they go (one left behind stops changing: a stall)
+    helpers.wait_until(
+        lambda: alive_with(str(script)) == [],
+        "the killed ranks to end",
+        helpers.Progress(lambda: alive_with(str(script))),
+        lambda: True,
+        lambda: f"left behind: {alive_with(str(script))}",
+    )
     assert alive_with(str(script)) == [], "no rank is left behind"
 
 
@@ -407,15 +434,14 @@ def tmpfs_in_a_namespace() -> list[str] | None:
     """The ``unshare`` command that gives a process a private mount namespace in which it may
     mount a tmpfs (as root, or through a user namespace), or None where neither works."""
     import shutil
-    import subprocess
 
     if shutil.which("unshare") is None:
         return None
     for command in (["unshare", "--mount"], ["unshare", "--user", "--map-root-user", "--mount"]):
         probe = "d=$(mktemp -d) && mount -t tmpfs -o size=1m tmpfs $d && umount $d && rmdir $d"
         try:
-            result = subprocess.run([*command, "sh", "-c", probe], capture_output=True, timeout=30)
-        except (OSError, subprocess.SubprocessError):
+            result = helpers.run([*command, "sh", "-c", probe])
+        except (OSError, AssertionError):  # AssertionError: it stalled
             continue
         if result.returncode == 0:
             return command
@@ -428,7 +454,7 @@ mount -t tmpfs -o size=8m tmpfs "$DISK"
 "$PYTHON" -m hmrnn.train "$@" out_dir="$DISK" 2> "$OUT/first.err" > /dev/null &
 pid=$!
 while [ ! -f "$DISK/r/checkpoints/last.ckpt" ] && kill -0 $pid 2> /dev/null; do sleep 0.05; done
-sleep 0.5
+# it is training (last.ckpt is written at a batch end), with a checkpoint to keep: fill the disk
 dd if=/dev/zero of="$DISK/filler" bs=4k 2> /dev/null
 wait $pid; echo $? > "$OUT/first.rc"
 cp -a "$DISK/r" "$OUT/at-failure"
@@ -448,7 +474,6 @@ def test_a_real_disk_filling_up_under_wandb_stops_cleanly_and_the_run_continues_
     run stops with one sentence as the last line, its last checkpoint whole; after freeing
     space, ``resume=`` ends bit-identical to a run on a roomy disk."""
     import os
-    import subprocess
     import sys
 
     from hmrnn.lit.checkpoint_io import read_checkpoint
@@ -458,13 +483,8 @@ def test_a_real_disk_filling_up_under_wandb_stops_cleanly_and_the_run_continues_
     args += ["trainer.max_steps=120", "trainer.checkpoint_every_n_steps=4"]
     args += ["data.train_chars=60000"]
     env = {k: v for k, v in os.environ.items() if k != "WANDB_MODE"}
-    whole = subprocess.run(
-        [sys.executable, "-m", "hmrnn.train", *args, f"out_dir={tmp_path / 'roomy'}"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    roomy = [sys.executable, "-m", "hmrnn.train", *args, f"out_dir={tmp_path / 'roomy'}"]
+    whole = helpers.run(roomy, env=env, watch=[tmp_path / "roomy"])
     assert whole.returncode == 0, whole.stderr[-3000:]
     disk, out = tmp_path / "disk", tmp_path / "out"
     disk.mkdir()
@@ -472,9 +492,9 @@ def test_a_real_disk_filling_up_under_wandb_stops_cleanly_and_the_run_continues_
     script = tmp_path / "fill.sh"
     script.write_text(DISK_FILLS_UP)
     env |= {"DISK": str(disk), "OUT": str(out), "PYTHON": sys.executable}
-    subprocess.run(
-        [*tmpfs_in_a_namespace(), "sh", str(script), *args], env=env, check=True, timeout=900
-    )
+    # the tmpfs is private to the script's namespace: its CPU time and $OUT show its progress
+    filling = [*tmpfs_in_a_namespace(), "sh", str(script), *args]
+    helpers.run(filling, env=env, watch=[out]).check_returncode()
     first_err = (out / "first.err").read_text().strip().splitlines()
     assert (out / "first.rc").read_text().strip() == "1", first_err[-30:]
     assert first_err[-1].startswith("error: "), first_err[-30:]

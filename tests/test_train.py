@@ -22,6 +22,7 @@ from datamodules import build_datamodule
 from hmrnn.evaluate import run_split
 from hmrnn.lit.handwriting import LitHandwriting
 from hmrnn.lit.module import LitCharLM
+from tests.helpers import Watched, run
 
 TINY = [
     "experiment=demo",
@@ -46,7 +47,7 @@ def train(tmp: Path, *args: str, check: bool = True) -> subprocess.CompletedProc
     resuming = any(a.startswith("resume=") for a in args)
     base = [] if resuming else [*TINY, f"out_dir={tmp}"]
     cmd = [sys.executable, "-m", "hmrnn.train", *base, *args]
-    result = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
+    result = run(cmd, env=env, watch=[tmp])  # no total timeout: it fails when it stalls
     if check and result.returncode != 0:
         raise AssertionError(f"{cmd} failed:\n{result.stdout[-3000:]}\n{result.stderr[-5000:]}")
     return result
@@ -162,19 +163,20 @@ def uninterrupted(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp / "whole" / "checkpoints" / "last.ckpt"
 
 
-def start_and_wait_for_checkpoint(tmp: Path) -> tuple[subprocess.Popen, Path]:
+def start_and_wait_for_checkpoint(tmp: Path) -> tuple[Watched, Path]:
+    """The run ``tmp/cut``, started, once it has saved its first ``last.ckpt``: from a training
+    batch end, so its signal handlers are in place (they are set at the training start) and a
+    signal sent now is handled at the next batch end where a resume is exact. The caller ends it
+    (in a ``with`` block, which kills it if the test fails first)."""
     cmd = [sys.executable, "-m", "hmrnn.train", *TINY, f"out_dir={tmp}", "run_name=cut", *RESUME]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    proc = Watched(cmd, watch=[tmp])
     return proc, wait_for(tmp / "cut" / "checkpoints" / "last.ckpt", proc)
 
 
-def wait_for(path: Path, proc: subprocess.Popen) -> Path:
-    """``path`` once the running ``proc`` has written it (the test fails if ``proc`` ends)."""
-    deadline = time.time() + 300
-    while not path.exists():
-        assert proc.poll() is None, f"the run ended before writing {path}: {proc.stderr.read()}"
-        assert time.time() < deadline
-        time.sleep(0.02)
+def wait_for(path: Path, proc: Watched) -> Path:
+    """``path`` once the running ``proc`` has written it: the test fails if ``proc`` ends first
+    (its stderr in the message) or stalls, never because a number of seconds passed."""
+    proc.wait_until(path.exists, f"{path} to be written")
     return path
 
 
@@ -193,8 +195,9 @@ def step_of(path: Path) -> int:
 @pytest.mark.slow
 def test_sigkill_then_resume_ends_bit_identical(tmp_path: Path, uninterrupted: Path) -> None:
     proc, last = start_and_wait_for_checkpoint(tmp_path)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    with proc:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
     killed_at = step_of(last)
     assert 0 < killed_at < 150 and killed_at % 7 == 0, "killed mid-run, after a periodic save"
     resume_ends_as_uninterrupted(tmp_path, last, uninterrupted)
@@ -206,9 +209,10 @@ def test_ctrl_c_saves_a_checkpoint_exits_130_without_testing_and_resumes(
     tmp_path: Path, uninterrupted: Path
 ) -> None:
     proc, last = start_and_wait_for_checkpoint(tmp_path)
-    time.sleep(0.5)
-    proc.send_signal(signal.SIGINT)
-    _, stderr = proc.communicate(timeout=120)
+    with proc:  # it is training (see start_and_wait_for_checkpoint): no time to give it
+        proc.send_signal(signal.SIGINT)
+        proc.wait("the run to stop after SIGINT")
+        stderr = proc.stderr
     assert proc.returncode == 130, stderr[-2000:]
     assert "stopped by SIGINT" in stderr and "resume=" in stderr
     assert not (tmp_path / "cut" / "results.json").exists(), "a stopped run is not tested"
@@ -222,9 +226,10 @@ def test_sigterm_saves_a_checkpoint_exits_and_resumes_bit_identical(
 ) -> None:
     proc, last = start_and_wait_for_checkpoint(tmp_path)
     first = step_of(last)
-    time.sleep(0.5)
-    proc.send_signal(signal.SIGTERM)
-    _, stderr = proc.communicate(timeout=120)
+    with proc:  # it is training (see start_and_wait_for_checkpoint): no time to give it
+        proc.send_signal(signal.SIGTERM)
+        proc.wait("the run to stop after SIGTERM")
+        stderr = proc.stderr
     assert proc.returncode == 143, stderr[-2000:]
     assert "resume=" in stderr
     stopped_at = step_of(last)
@@ -299,9 +304,7 @@ def test_sigkill_while_writing_a_checkpoint_or_validating_then_the_same_command_
     script.write_text(KILLER)
     command = cut_command(tmp_path)
     env = {**os.environ, "HMRNN_KILL": kill}
-    killed = subprocess.run(
-        [sys.executable, str(script), *command[3:]], env=env, capture_output=True, timeout=600
-    )
+    killed = run([sys.executable, str(script), *command[3:]], env=env, watch=[tmp_path], text=False)
     assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
     folder = tmp_path / "cut" / "checkpoints"
     where = kill.split(":")[0]
@@ -314,7 +317,7 @@ def test_sigkill_while_writing_a_checkpoint_or_validating_then_the_same_command_
     }
     assert 0 < steps["last.ckpt"] < 150
     # the same command again (a plain restart) continues the run
-    again = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    again = run(command, watch=[tmp_path])
     assert again.returncode == 0, again.stderr[-3000:]
     assert "holds this run's checkpoint: continuing it" in again.stderr
     assert_same_parameters(folder / "last.ckpt", uninterrupted)
@@ -330,7 +333,10 @@ def test_sigkill_at_random_moments_then_the_same_command_ends_identical(
 ) -> None:
     """Three kills at random moments (start-up, training, validation, checkpointing alike), each
     followed by the same command, then the run to its end: the parameters equal the run that
-    was never interrupted. The seed is printed so that a failure can be replayed."""
+    was never interrupted. The seed is printed so that a failure can be replayed.
+
+    A moment is an amount of CPU time used by the run (about its wall time on a quiet machine),
+    so that the kills fall at the same points of its work however busy the machine is."""
     import random
 
     seed = int(os.environ.get("HMRNN_KILL_SEED", time.time_ns() % 10**6))
@@ -339,19 +345,21 @@ def test_sigkill_at_random_moments_then_the_same_command_ends_identical(
     command = cut_command(tmp_path)
     kills = []
     for _ in range(3):
-        proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        delay = rng.uniform(2.0, 12.0)
-        try:
-            proc.wait(timeout=delay)
-            break  # it finished before the kill
-        except subprocess.TimeoutExpired:
+        delay = rng.uniform(2.0, 12.0)  # CPU seconds of the run
+        with Watched(command, watch=[tmp_path]) as proc:
+            proc.wait_until(
+                lambda: proc.poll() is not None or proc.cpu_seconds() >= delay,  # noqa: B023
+                f"the run to use {delay:.1f} s of CPU time",
+            )
+            if proc.poll() is not None:
+                break  # it finished before the kill
             proc.send_signal(signal.SIGKILL)
-            proc.communicate()
+            proc.wait()
         last = tmp_path / "cut" / "checkpoints" / "last.ckpt"
         kills.append((round(delay, 1), step_of(last) if last.is_file() else None))
-    print(f"killed after (seconds, step of last.ckpt): {kills}")
+    print(f"killed after (CPU seconds, step of last.ckpt): {kills}")
     if not (tmp_path / "cut" / "results.json").is_file():
-        final = subprocess.run(command, capture_output=True, text=True, timeout=600)
+        final = run(command, watch=[tmp_path])
         assert final.returncode == 0, final.stderr[-3000:]
     assert_same_parameters(tmp_path / "cut" / "checkpoints" / "last.ckpt", uninterrupted)
     assert_same_log(tmp_path / "cut", uninterrupted.parents[1])
@@ -384,21 +392,16 @@ def test_slurm_sigusr1_saves_requeues_and_the_requeued_job_continues_identical(
         "SLURM_NODELIST": "localhost",
     }
     command = [a for a in cut_command(tmp_path) if a != "run_name=cut"]
-    proc = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    last = wait_for(tmp_path / "demo-hmlstm-slurm4242" / "checkpoints" / "last.ckpt", proc)
-    proc.send_signal(signal.SIGUSR1)
-    _, stderr = proc.communicate(timeout=120)
+    with Watched(command, env=env, watch=[tmp_path], text=False) as proc:
+        last = wait_for(tmp_path / "demo-hmlstm-slurm4242" / "checkpoints" / "last.ckpt", proc)
+        proc.send_signal(signal.SIGUSR1)
+        proc.wait("the job to stop after SIGUSR1")
+        stderr = proc.stderr
     assert proc.returncode == 128 + signal.SIGUSR1, stderr.decode()[-3000:]
     assert "stopped by SIGUSR1; requeued SLURM job 4242" in stderr.decode()
     assert (tmp_path / "scontrol.log").read_text() == "requeue 4242\n"
     assert step_of(last) < 150
-    requeued = subprocess.run(
-        command,
-        env={**env, "SLURM_RESTART_COUNT": "1"},
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    requeued = run(command, env={**env, "SLURM_RESTART_COUNT": "1"}, watch=[tmp_path])
     assert requeued.returncode == 0, requeued.stderr[-3000:]
     assert "holds this run's checkpoint: continuing it" in requeued.stderr
     assert_same_parameters(last, uninterrupted)
@@ -432,10 +435,11 @@ def test_ddp_sigterm_then_resume_ends_bit_identical(tmp_path: Path) -> None:
     common = [*RESUME[:-1], "trainer.max_steps=60", "trainer.devices=2", "trainer.strategy=ddp"]
     train(tmp_path, "run_name=whole", *common)
     cmd = [sys.executable, "-m", "hmrnn.train", *TINY, f"out_dir={tmp_path}", "run_name=cut"]
-    proc = subprocess.Popen([*cmd, *common], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    last = wait_for(tmp_path / "cut" / "checkpoints" / "last.ckpt", proc)
-    proc.send_signal(signal.SIGTERM)  # rank 0 only: the ranks agree to stop together
-    _, stderr = proc.communicate(timeout=120)
+    with Watched([*cmd, *common], watch=[tmp_path], text=False) as proc:
+        last = wait_for(tmp_path / "cut" / "checkpoints" / "last.ckpt", proc)
+        proc.send_signal(signal.SIGTERM)  # rank 0 only: the ranks agree to stop together
+        proc.wait("the job to stop after SIGTERM")
+        stderr = proc.stderr
     assert proc.returncode == 143, stderr.decode()[-3000:]
     assert step_of(last) < 60
     train(tmp_path, f"resume={tmp_path / 'cut'}")
@@ -466,13 +470,7 @@ def test_handwriting_run_end_to_end(tmp_path: Path) -> None:
         "trainer.enable_progress_bar=false",
     ]
     env = {k: v for k, v in os.environ.items() if k != "WANDB_MODE"}
-    result = subprocess.run(
-        [sys.executable, "-m", "hmrnn.train", *args],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=600,
-    )
+    result = run([sys.executable, "-m", "hmrnn.train", *args], env=env, watch=[tmp_path])
     assert result.returncode == 0, result.stderr[-3000:]
     results = json.loads((tmp_path / "hw" / "results.json").read_text())
     assert results["metrics"]["test/ll"] < 0 and "val/ll" in results["metrics"]
