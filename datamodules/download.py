@@ -20,7 +20,7 @@ import urllib.request
 from pathlib import Path
 from typing import BinaryIO
 
-from datamodules.stream import DataError
+from datamodules.base import DataError
 
 log = logging.getLogger(__name__)
 
@@ -134,6 +134,40 @@ def _copy(response, out: BinaryIO, progress: _Progress, chunk_size: int) -> int:
         progress.update(len(block))
 
 
+def _receive(
+    url: str,
+    dest: Path,
+    auth: tuple[str, str] | None,
+    timeout: float,
+    chunk_size: int,
+    progress: bool,
+) -> tuple[int, int | None]:
+    """Download ``url`` into ``dest``'s ``.part`` file (continued where the server allows); the
+    size of the ``.part`` file after it and the size the server announced (None: unknown)."""
+    part = part_path(dest)
+    offset = part.stat().st_size if part.exists() else 0
+    response, offset = _open(url, offset, auth, timeout, dest)
+    with response:
+        length = response.headers.get("Content-Length")
+        expected = offset + int(length) if length is not None and length.isdigit() else None
+        if offset:
+            log.info("resuming %s at byte %d", url, offset)
+        bar = _Progress(dest.name, expected, offset, progress)
+        try:
+            with open(part, "ab" if offset else "wb") as out:
+                received = offset + _copy(response, out, bar, chunk_size)
+                out.flush()
+                os.fsync(out.fileno())
+        except (OSError, http.client.HTTPException) as error:
+            raise DataError(
+                f"the download of {url} broke off ({error}); run again to resume it from "
+                f"{part}, or download the file yourself and place it at {dest}"
+            ) from error
+        finally:
+            bar.close()
+    return received, expected
+
+
 def fetch(
     url: str,
     dest: Path | str,
@@ -165,26 +199,7 @@ def fetch(
     if sha256 is not None and part.exists() and sha256_of(part) == sha256:
         os.replace(part, dest)  # complete and verified, only the rename was missing
         return dest
-    offset = part.stat().st_size if part.exists() else 0
-    response, offset = _open(url, offset, auth, timeout, dest)
-    with response:
-        length = response.headers.get("Content-Length")
-        expected = offset + int(length) if length is not None and length.isdigit() else None
-        if offset:
-            log.info("resuming %s at byte %d", url, offset)
-        bar = _Progress(dest.name, expected, offset, progress)
-        try:
-            with open(part, "ab" if offset else "wb") as out:
-                received = offset + _copy(response, out, bar, chunk_size)
-                out.flush()
-                os.fsync(out.fileno())
-        except (OSError, http.client.HTTPException) as error:
-            raise DataError(
-                f"the download of {url} broke off ({error}); run again to resume it from "
-                f"{part}, or download the file yourself and place it at {dest}"
-            ) from error
-        finally:
-            bar.close()
+    received, expected = _receive(url, dest, auth, timeout, chunk_size, progress)
     if expected is not None and received != expected:
         raise DataError(
             f"the download of {url} was cut off after {received:,} of {expected:,} bytes; run "

@@ -9,28 +9,18 @@ Segment i of a shard is its columns [i*T, i*T + T] (T+1 tokens: inputs and shift
 
 from __future__ import annotations
 
+import abc
 import json
-import logging
 import math
-import os
-from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
-import lightning as L
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from datamodules.base import SPLITS, DataError, DataSetModule
 from hmrnn.config import DataConfig
-
-SPLITS = ("train", "valid", "test")
-log = logging.getLogger(__name__)
-
-
-class DataError(ValueError):
-    """Missing, corrupt or unusable data; the message names the file and what to do."""
 
 
 @dataclass(frozen=True)
@@ -203,24 +193,25 @@ def mark_boundaries(
     return out
 
 
-class CharStreamDataModule(L.LightningDataModule):
-    """Base of the character data sets: subclasses provide the token streams and vocabulary.
+class CharStreamDataModule(DataSetModule):
+    """Base of the character data sets (``kind`` "text"): subclasses provide the token streams
+    and the vocabulary by implementing :meth:`load`.
 
-    Subclasses implement :meth:`load` (and may override :meth:`prepare_data` to download).
-    Shards follow ``self.trainer``'s rank and world size, so ``Trainer(use_distributed_sampler=
-    False)`` is required (``hmrnn.train`` sets it).
+    Each split is one stream, cut into rows and segments by :class:`StreamSegments`; shards
+    follow ``self.trainer``'s rank and world size.
     """
 
+    kind: ClassVar[str] = "text"
+
     def __init__(self, config: DataConfig) -> None:
-        super().__init__()
-        self.config = config
+        super().__init__(config)
         self.tokens: dict[str, np.ndarray] = {}
         self.vocab: Vocabulary | None = None
 
     # -- what a data set provides
+    @abc.abstractmethod
     def load(self) -> tuple[dict[str, np.ndarray], Vocabulary]:
         """The encoded ``train`` / ``valid`` / ``test`` streams and the vocabulary."""
-        raise NotImplementedError
 
     def truth_rules(self) -> dict[str, tuple[list[int], list[int]]]:
         """Each kind of true boundary as ``(before, at)`` symbol ids: t is a boundary of that
@@ -248,11 +239,6 @@ class CharStreamDataModule(L.LightningDataModule):
                 )
         return out
 
-    def delimiter_ids(self) -> list[int]:
-        """Ids of the symbols that separate words (what ``model=fixed_boundary`` counts with
-        ``model.fixed_source=delimiter``); empty where the data set has none."""
-        return []
-
     def symbol_ids(self, symbols: str | list[str]) -> list[int]:
         """Ids of those of ``symbols`` that are in the vocabulary."""
         self.setup()
@@ -260,25 +246,44 @@ class CharStreamDataModule(L.LightningDataModule):
         index = {s: i for i, s in enumerate(self.vocab.symbols)}
         return [index[s] for s in symbols if s in index]
 
-    # -- Lightning
-    def setup(self, stage: str | None = None) -> None:
-        if not self.tokens:
-            self.tokens, self.vocab = self.load()
+    def vocabulary(self) -> list[str]:
+        self.setup()
+        assert self.vocab is not None
+        return list(self.vocab.symbols)
 
-    def _rank(self) -> tuple[int, int]:
-        trainer = getattr(self, "trainer", None)
-        if trainer is None:
-            return 0, 1
-        return trainer.global_rank, trainer.world_size
+    @property
+    def vocab_size(self) -> int:
+        self.setup()
+        assert self.vocab is not None
+        return len(self.vocab)
+
+    # -- the batching
+    def train_batches(self) -> int:
+        return len(self.segments("train"))
+
+    def check_batching(self) -> None:
+        """DataError when a split holds fewer than 2 symbols per row of its batch."""
+        self.setup()
+        for split, name in zip(SPLITS, ("train", "validation", "test"), strict=True):
+            rows, symbols = self.batch_size_of(split), len(self.tokens[split])
+            if symbols // rows < 2:
+                raise DataError(
+                    f"the {name} split holds {symbols:,} symbols, too few for {rows} rows of at "
+                    "least 2 symbols; lower data.batch_size"
+                    + (" (or data.eval_batch_size)" if split != "train" else "")
+                )
 
     def segments(self, split: str, *, all_rows: bool = False) -> StreamSegments:
         """This rank's segments of a split (every row with ``all_rows``)."""
         self.setup()
-        rows = self.config.batch_size
-        if split != "train" and self.config.eval_batch_size:
-            rows = self.config.eval_batch_size
         rank, world = (0, 1) if all_rows else self._rank()
+        rows = self.batch_size_of(split)
         return StreamSegments(self.tokens[split], rows, self.config.bptt, rank, world)
+
+    # -- Lightning
+    def setup(self, stage: str | None = None) -> None:
+        if not self.tokens:
+            self.tokens, self.vocab = self.load()
 
     def _loader(self, dataset: Dataset) -> DataLoader:
         return DataLoader(
@@ -294,111 +299,14 @@ class CharStreamDataModule(L.LightningDataModule):
     def test_dataloader(self) -> DataLoader:
         return self._loader(self.segments("test"))
 
-    @property
-    def vocab_size(self) -> int:
-        self.setup()
-        assert self.vocab is not None
-        return len(self.vocab)
 
-
-class DataFolders:
-    """Where a data set's files live: ``data.local_dir`` or ``<data.root>/<NAME>`` and its cache.
-
-    A mixin for DataModules with ``self.config`` (a DataConfig) and a class attribute ``NAME``.
-    """
-
-    NAME = ""
-    CACHE_FORMAT = 1  # bump when a cache layout changes: older caches are rebuilt
-    config: DataConfig
-
-    @property
-    def local_dir(self) -> Path | None:
-        """``data.local_dir`` (take the files from there, no download) or None."""
-        value = self.config.local_dir
-        return Path(value).expanduser() if value else None
-
-    @property
-    def data_dir(self) -> Path:
-        """``<data.root>/<NAME>``: downloads and extracted files."""
-        return Path(self.config.root).expanduser() / self.NAME
-
-    @property
-    def cache_dir(self) -> Path:
-        return self.data_dir / "cache"
-
-    @property
-    def manifest_path(self) -> Path:
-        return self.cache_dir / "manifest.json"
-
-    # A data set's cache: subclasses provide ``cache_is_valid()``, ``build()`` (which writes the
-    # cache and keeps its result in ``_built`` for the next ``load()``), ``_read_cache()`` (None
-    # when absent or unreadable) and ``notes`` (warnings recorded with the cache).
-    _built: Any = None
-    notes: list[str]
-
-    def prepare_data(self) -> None:
-        """Build the cache once (Lightning calls this on one process per node)."""
-        if not self.cache_is_valid():  # type: ignore[attr-defined]
-            self.check_writable()
-            self.build()  # type: ignore[attr-defined]
-
-    def check_writable(self) -> None:
-        """DataError naming ``data.root`` unless the data set's folder can be created and
-        written (downloads and the cache go there), before anything is fetched or built."""
-        probe = self.data_dir / f".write-test-{os.getpid()}"
-        try:
-            self.data_dir.mkdir(parents=True, exist_ok=True)
-            probe.write_bytes(b"")
-            probe.unlink()
-        except OSError as error:
-            raise DataError(
-                f"data.root={str(self.config.root)!r}: cannot write {self.data_dir} "  # type: ignore[attr-defined]
-                f"({error.strerror or error}); set data.root to a writable folder"
-            ) from error
-
-    def load(self) -> Any:
-        """The data set from its cache, built first when needed; the cache's notes are logged."""
-        result, self._built = self._built, None
-        if result is None:
-            result = self._read_cache()  # type: ignore[attr-defined]
-        if result is None:
-            self.check_writable()
-            result = self.build()  # type: ignore[attr-defined]
-            self._built = None
-        for note in self.notes:
-            log.warning("%s: %s", self.NAME, note)
-        return result
-
-    def matching_manifest(
-        self, sources: list[Path] | None, same_source: Callable[[dict[str, Any], Path], bool]
-    ) -> dict[str, Any] | None:
-        """The cache manifest when it was made by this format, data set, parameters and sources
-        and its files have their recorded sizes; None (rebuild) otherwise.
-
-        Subclasses provide ``CACHE_FORMAT`` and ``params()``; ``same_source(record, path)``
-        says whether a source file still matches its record.
-        """
-        if sources is None or not self.manifest_path.is_file():
-            return None
-        try:
-            manifest = json.loads(self.manifest_path.read_text())
-        except (OSError, ValueError):
-            log.warning("%s is unreadable; rebuilding the cache", self.manifest_path)
-            return None
-        params = self.params()  # type: ignore[attr-defined]
-        expected = {"format": self.CACHE_FORMAT, "dataset": self.NAME, "params": params}
-        if not isinstance(manifest, dict) or any(manifest.get(k) != v for k, v in expected.items()):
-            log.info("the cache in %s was made differently; rebuilding it", self.cache_dir)
-            return None
-        records = manifest.get("sources", [])
-        if len(records) != len(sources) or not all(
-            same_source(r, p) for r, p in zip(records, sources, strict=True)
-        ):
-            log.info("the source files of %s changed; rebuilding the cache", self.cache_dir)
-            return None
-        for name, entry in manifest.get("cache", {}).items():
-            path = self.cache_dir / name
-            if not path.is_file() or path.stat().st_size != entry.get("size"):
-                log.warning("cache file %s is missing or has the wrong size; rebuilding", path)
-                return None
-        return manifest
+__all__ = [
+    "AT_DELIMITER",
+    "SPLITS",
+    "CharStreamDataModule",
+    "DataError",
+    "ResumableLoader",
+    "StreamSegments",
+    "Vocabulary",
+    "mark_boundaries",
+]

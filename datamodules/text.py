@@ -11,12 +11,13 @@ Where the files come from:
   or ``enwik8``) by :func:`datamodules.download.fetch` and verified by its sha256 (PTB: the three
   files extracted from the archive are verified, the archive has no published digest).
 
-The encoded streams are cached in ``<data.root>/<name>/cache/``: ``train.npy``, ``valid.npy``,
-``test.npy`` (uint8 ids), ``vocab.json`` (the symbols in id order) and ``manifest.json`` (format
-version, the parameters of the encoding, each source file's path, size, mtime and sha256, and each
-cache file's size and sha256). A source whose size changed, or whose mtime changed and whose
-content differs, and a cache file whose digest differs from the manifest cause a rebuild. Every
-cache file is written under a temporary name and renamed; the manifest is written last.
+The encoded streams are cached (:class:`datamodules.cache.DataCache`) in
+``<data.root>/<name>/cache/``: ``train.npy``, ``valid.npy``, ``test.npy`` (uint8 ids),
+``vocab.json`` (the symbols in id order) and ``manifest.json`` (format version, the parameters of
+the encoding, each source file's path, size, mtime and sha256, each cache file's size and sha256,
+the split lengths and vocabulary size). A source whose size changed, or whose mtime changed and
+whose content differs, and a cache file whose digest differs from the manifest cause a rebuild.
+Every cache file is written under a temporary name and renamed; the manifest is written last.
 
 ``prepare_data`` (Lightning runs it on rank 0 only) downloads, extracts and encodes; ``load``
 reads the cache (and builds it first when needed, so it also works standalone). Expected digests
@@ -25,9 +26,8 @@ and URLs are class attributes, so a subclass (e.g. in tests) can point them else
 
 from __future__ import annotations
 
+import abc
 import hashlib
-import io
-import json
 import logging
 import tarfile
 import zipfile
@@ -37,41 +37,25 @@ from typing import Any, ClassVar
 
 import numpy as np
 
+from datamodules.base import SPLITS, DataError
+from datamodules.cache import DataCache, DataFolders, npy_array, npy_bytes
 from datamodules.download import fetch, sha256_of
-from datamodules.stream import SPLITS, CharStreamDataModule, DataError, DataFolders, Vocabulary
+from datamodules.stream import CharStreamDataModule, Vocabulary
 from hmrnn.config import DataConfig
 from hmrnn.io import atomic_write
 
 log = logging.getLogger(__name__)
 
 _ZIP_MAGIC = b"PK\x03\x04"
+Streams = tuple[dict[str, np.ndarray], Vocabulary]
+"""What a text data set loads: the train / valid / test id streams and the vocabulary."""
 
 
-def _source_record(path: Path, digest: str | None = None) -> dict[str, Any]:
-    stat = path.stat()
-    return {
-        "path": str(path.resolve()),
-        "size": stat.st_size,
-        "mtime_ns": stat.st_mtime_ns,
-        "sha256": digest or sha256_of(path),
-    }
-
-
-def _same_source(record: dict[str, Any], path: Path) -> bool:
-    """Same path and size, and the same mtime or (when only the mtime moved) the same digest."""
-    if record.get("path") != str(path.resolve()) or not path.is_file():
-        return False
-    stat = path.stat()
-    if stat.st_size != record.get("size"):
-        return False
-    return stat.st_mtime_ns == record.get("mtime_ns") or sha256_of(path) == record.get("sha256")
-
-
-class TextDataModule(DataFolders, CharStreamDataModule):
+class TextDataModule(CharStreamDataModule):
     """Base of the file-backed data sets: source files, the encoded cache, and loading.
 
     Subclasses set :attr:`NAME` and implement :meth:`source_paths`, :meth:`fetch_sources` and
-    :meth:`encode`.
+    :meth:`encode`. ``folders`` says where the files live, ``cache`` keeps the encoded streams.
     """
 
     NAME: ClassVar[str] = ""
@@ -79,98 +63,55 @@ class TextDataModule(DataFolders, CharStreamDataModule):
     def __init__(self, config: DataConfig, *, progress: bool = True) -> None:
         super().__init__(config)
         self.progress = progress
-        self._built: tuple[dict[str, np.ndarray], Vocabulary] | None = None
-        self.notes: list[str] = []
+        self.folders = DataFolders.of(self.NAME, config)
+        self.cache: DataCache[Streams] = DataCache(self.folders, self)
 
     # -- what a subclass provides
+    @abc.abstractmethod
     def source_paths(self) -> list[Path] | None:
         """The files the cache is built from, without downloading (None when not all there)."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def fetch_sources(self) -> list[Path]:
         """Make the source files available (download, extract, verify) and return them."""
-        raise NotImplementedError
 
-    def encode(self, sources: list[Path]) -> tuple[dict[str, np.ndarray], Vocabulary]:
+    @abc.abstractmethod
+    def encode(self, sources: list[Path]) -> Streams:
         """Read and check the source files; the uint8 streams of the three splits and the vocab."""
-        raise NotImplementedError
 
     def params(self) -> dict[str, Any]:
         """Settings of the encoding that the cache depends on (stored in the manifest)."""
         return {}
 
     # -- the cache
-    def _manifest(self, sources: list[Path] | None) -> dict[str, Any] | None:
-        """The manifest when it matches the sources and the cache files' sizes, else None."""
-        return self.matching_manifest(sources, _same_source)
+    def prepare_data(self) -> None:
+        """Download and encode once (Lightning calls this on one process per node)."""
+        self.cache.prepare()
 
-    def _read_cache(self) -> tuple[dict[str, np.ndarray], Vocabulary] | None:
-        manifest = self._manifest(self.source_paths())
-        if manifest is None:
-            return None
-        blobs = {}
-        for name, entry in manifest["cache"].items():
-            data = (self.cache_dir / name).read_bytes()
-            if hashlib.sha256(data).hexdigest() != entry.get("sha256"):
-                log.warning("cache file %s is corrupt (its sha256 differs); rebuilding", name)
-                return None
-            blobs[name] = data
-        try:
-            vocab = Vocabulary.from_json(blobs["vocab.json"].decode())
-            tokens = {s: np.load(io.BytesIO(blobs[f"{s}.npy"]), allow_pickle=False) for s in SPLITS}
-        except (KeyError, ValueError, OSError) as error:
-            log.warning("the cache in %s is unreadable (%s); rebuilding", self.cache_dir, error)
-            return None
-        self.notes = list(manifest.get("notes", []))
-        return tokens, vocab
+    def load(self) -> Streams:
+        return self.cache.load()
 
-    def _write_cache(
-        self, sources: list[Path], tokens: dict[str, np.ndarray], vocab: Vocabulary
-    ) -> None:
-        self.cache_dir.mkdir(parents=True, exist_ok=True)
-        self.manifest_path.unlink(missing_ok=True)  # no manifest while the files change
-        blobs = {"vocab.json": vocab.to_json().encode()}
-        for split in SPLITS:
-            buffer = io.BytesIO()
-            np.save(buffer, np.ascontiguousarray(tokens[split]), allow_pickle=False)
-            blobs[f"{split}.npy"] = buffer.getvalue()
-        entries = {}
-        for name, data in blobs.items():
-            atomic_write(self.cache_dir / name, data)
-            entries[name] = {"size": len(data), "sha256": hashlib.sha256(data).hexdigest()}
-        manifest = {
-            "format": self.CACHE_FORMAT,
-            "dataset": self.NAME,
-            "params": self.params(),
-            "sources": [_source_record(p) for p in sources],
-            "cache": entries,
-            "lengths": {s: len(tokens[s]) for s in SPLITS},
-            "vocab_size": len(vocab),
-            "notes": self.notes,
-        }
-        atomic_write(self.manifest_path, json.dumps(manifest, indent=1).encode())
-
-    def build(self) -> tuple[dict[str, np.ndarray], Vocabulary]:
+    def build(self) -> Streams:
         """Fetch the sources, encode them and (re)write the cache."""
-        self.notes = []
         sources = self.fetch_sources()
-        log.info("encoding %s into %s", ", ".join(str(p) for p in sources), self.cache_dir)
+        log.info("encoding %s into %s", ", ".join(str(p) for p in sources), self.folders.cache_dir)
         tokens, vocab = self.encode(sources)
         if len(vocab) > 256:
             raise DataError(f"{sources[0]} holds {len(vocab)} symbols; at most 256 are supported")
         tokens = {s: tokens[s].astype(np.uint8, copy=False) for s in SPLITS}
-        self._write_cache(sources, tokens, vocab)
-        self._built = tokens, vocab
+        blobs = {"vocab.json": vocab.to_json().encode()}
+        blobs |= {f"{s}.npy": npy_bytes(tokens[s]) for s in SPLITS}
+        extra = {"lengths": {s: len(tokens[s]) for s in SPLITS}, "vocab_size": len(vocab)}
+        self.cache.write(sources, blobs, extra)
         return tokens, vocab
 
-    def cache_is_valid(self) -> bool:
-        """Whether the manifest matches the source files and the cache files' sizes (no hashing
-        of the cache: :meth:`load` checks the digests)."""
-        return self._manifest(self.source_paths()) is not None
+    def decode(self, blobs: dict[str, bytes], manifest: dict[str, Any]) -> Streams:
+        vocab = Vocabulary.from_json(blobs["vocab.json"].decode())
+        return {s: npy_array(blobs[f"{s}.npy"]) for s in SPLITS}, vocab
 
     def _local_file(self, names: tuple[str, ...]) -> Path:
         """``local_dir`` itself when it is a file, else the first of ``names`` in it."""
-        folder = self.local_dir
+        folder = self.folders.local_dir
         assert folder is not None
         if folder.is_file():
             return folder
@@ -218,14 +159,14 @@ class PTBCharDataModule(TextDataModule):
         return {"eol": self.EOL}
 
     def _local_files(self) -> list[Path] | None:
-        folder = self.local_dir
+        folder = self.folders.local_dir
         if folder is None:
             return None
         files = [folder / self.FILE.format(split=s) for s in SPLITS]
         return files if all(f.is_file() for f in files) else None
 
     def _extracted(self) -> list[Path]:
-        return [self.data_dir / self.FILE.format(split=s) for s in SPLITS]
+        return [self.folders.data_dir / self.FILE.format(split=s) for s in SPLITS]
 
     def source_paths(self) -> list[Path] | None:
         files = self._local_files() or self._extracted()
@@ -239,19 +180,22 @@ class PTBCharDataModule(TextDataModule):
         expected = [self.SHA256[s] for s in SPLITS]
         if all(f.is_file() and sha256_of(f) == e for f, e in zip(targets, expected, strict=True)):
             return targets
-        if self.local_dir is not None:
-            archive = self.local_dir / self.ARCHIVE
+        if self.folders.local_dir is not None:
+            archive = self.folders.local_dir / self.ARCHIVE
             if not archive.is_file():
                 names = ", ".join(self.FILE.format(split=s) for s in SPLITS)
                 raise DataError(
-                    f"data.local_dir={str(self.local_dir)!r} holds neither {names} nor "
+                    f"data.local_dir={str(self.folders.local_dir)!r} holds neither {names} nor "
                     f"{self.ARCHIVE}; put Mikolov's files there, or leave data.local_dir empty to "
                     f"download them from {self.URL}"
                 )
             self._extract(archive, owned=False)
         else:
             archive = fetch(
-                self.URL, self.data_dir / self.ARCHIVE, self.ARCHIVE_SHA256, progress=self.progress
+                self.URL,
+                self.folders.data_dir / self.ARCHIVE,
+                self.ARCHIVE_SHA256,
+                progress=self.progress,
             )
             self._extract(archive, owned=True)
         return targets
@@ -288,8 +232,8 @@ class PTBCharDataModule(TextDataModule):
                             f"{name} in {archive} has sha256 {digest} but {self.SHA256[split]} "
                             f"was expected; {advice}"
                         )
-                    self.data_dir.mkdir(parents=True, exist_ok=True)
-                    atomic_write(self.data_dir / self.FILE.format(split=split), data)
+                    self.folders.data_dir.mkdir(parents=True, exist_ok=True)
+                    atomic_write(self.folders.data_dir / self.FILE.format(split=split), data)
         except (tarfile.TarError, EOFError, zlib.error, OSError) as error:
             if owned:
                 archive.unlink(missing_ok=True)
@@ -332,7 +276,7 @@ class PTBCharDataModule(TextDataModule):
             symbols = np.where(symbols == 10, eol, symbols)
         return symbols
 
-    def encode(self, sources: list[Path]) -> tuple[dict[str, np.ndarray], Vocabulary]:
+    def encode(self, sources: list[Path]) -> Streams:
         symbols = {s: self._symbols(p) for s, p in zip(SPLITS, sources, strict=True)}
         alphabet = np.unique(np.concatenate(list(symbols.values())))
         vocab = Vocabulary(tuple(chr(int(c)) for c in alphabet))
@@ -363,10 +307,10 @@ class _SplitFileDataModule(TextDataModule):
 
     @property
     def archive_path(self) -> Path:
-        return self.data_dir / f"{self.MEMBER}.zip"
+        return self.folders.data_dir / f"{self.MEMBER}.zip"
 
     def source_paths(self) -> list[Path] | None:
-        if self.local_dir is not None:
+        if self.folders.local_dir is not None:
             try:
                 return [self._local_file(self.LOCAL_NAMES)]
             except DataError:
@@ -374,7 +318,7 @@ class _SplitFileDataModule(TextDataModule):
         return [self.archive_path] if self.archive_path.is_file() else None
 
     def fetch_sources(self) -> list[Path]:
-        if self.local_dir is not None:
+        if self.folders.local_dir is not None:
             return [self._local_file(self.LOCAL_NAMES)]
         return [fetch(self.URL, self.archive_path, self.ZIP_SHA256, progress=self.progress)]
 
@@ -384,7 +328,7 @@ class _SplitFileDataModule(TextDataModule):
             is_zip = f.read(4) == _ZIP_MAGIC
         if not is_zip:
             return path.read_bytes()
-        owned = self.local_dir is None
+        owned = self.folders.local_dir is None
         advice = (
             "delete it and run again to download it again"
             if owned
@@ -406,7 +350,7 @@ class _SplitFileDataModule(TextDataModule):
         n = len(data)
         train, valid = n * 90 // 100, n * 5 // 100
         if n != self.STANDARD_SIZE:
-            self.notes.append(
+            self.cache.notes.append(
                 f"{path.name} holds {n:,} symbols, not the standard {self.STANDARD_SIZE:,}: "
                 f"split 90%/5%/5% into {train:,} / {valid:,} / {n - train - valid:,} "
                 "(results are not comparable with published ones)"
@@ -439,7 +383,7 @@ class Text8DataModule(_SplitFileDataModule):
     LOCAL_NAMES = ("text8", "text8.zip", "text8_prefix.txt")
     ALPHABET: ClassVar[str] = " abcdefghijklmnopqrstuvwxyz"
 
-    def encode(self, sources: list[Path]) -> tuple[dict[str, np.ndarray], Vocabulary]:
+    def encode(self, sources: list[Path]) -> Streams:
         (path,) = sources
         data = self._bytes(path)
         table = np.full(256, 255, dtype=np.uint8)
@@ -479,7 +423,7 @@ class Enwik8DataModule(_SplitFileDataModule):
     LOCAL_NAMES = ("enwik8", "enwik8.zip", "enwik8_small")
     WHITESPACE: ClassVar[bytes] = b" \n\t\r"
 
-    def encode(self, sources: list[Path]) -> tuple[dict[str, np.ndarray], Vocabulary]:
+    def encode(self, sources: list[Path]) -> Streams:
         (path,) = sources
         data = self._bytes(path)
         present = np.flatnonzero(np.bincount(data, minlength=256))

@@ -120,7 +120,7 @@ def train_help() -> str:
             lines += ["", section]
         lines += wrapped(f"{key}: {kind} = {default}", meaning)
         if key in schema.CHOICES:
-            lines.append(f"      choices: {' | '.join(schema.CHOICES[key])}")
+            lines.append(f"      choices: {' | '.join(schema.choices_of(key))}")
     return "\n".join(lines)
 
 
@@ -134,6 +134,8 @@ def wrapped(head: str, text: str) -> list[str]:
 
 def first_sentence(path: Any) -> str:
     """The first sentence of a YAML file's leading comment block."""
+    if not path.is_file():
+        return "(registered in code; no YAML file of values)"
     comment = []
     for line in path.read_text().splitlines():
         if not line.startswith("#"):

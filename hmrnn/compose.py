@@ -18,6 +18,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError, OmegaConfBaseException, ValidationError
 
 from hmrnn.config import Config, ConfigError, dotted_keys, suggest, validate
+from hmrnn.registry import DATASETS, MODELS
 
 GROUPS = ("experiment", "model", "data")
 
@@ -27,14 +28,23 @@ def conf_dir() -> Path:
     return Path(os.environ.get("HMRNN_CONF", Path(__file__).resolve().parents[1] / "conf"))
 
 
+# the registry behind a group: a registered model or data set needs no YAML file of its own
+REGISTRIES = {"model": MODELS, "data": DATASETS}
+
+
 def choices(group: str) -> list[str]:
-    """The names a group accepts: its YAML files without the suffix."""
+    """The names a group accepts: the registered models or data sets, the experiment files."""
+    if group in REGISTRIES:
+        return sorted(REGISTRIES[group].names())
     return sorted(p.stem for p in (conf_dir() / group).glob("*.yaml"))
 
 
 def load_group(group: str, name: str) -> DictConfig:
-    """``conf/<group>/<name>.yaml``, or a ConfigError listing the available names."""
+    """``conf/<group>/<name>.yaml`` (no values for a registered name without a file), or a
+    ConfigError listing the available names."""
     path = conf_dir() / group / f"{name}.yaml"
+    if not path.is_file() and name in REGISTRIES.get(group, ()):
+        return DictConfig({})
     if not path.is_file():
         options = choices(group)
         raise ConfigError(

@@ -11,10 +11,9 @@ import difflib
 from dataclasses import dataclass, field, fields, is_dataclass
 from typing import Any
 
-MODEL_NAMES = ("hmlstm", "soft_gated", "fixed_boundary", "lstm")
+from hmrnn.registry import DATASETS, ESTIMATORS, MODELS, Registry, unknown_choice
+
 FIXED_SOURCES = ("periodic", "delimiter")
-DATA_NAMES = ("synthetic", "ptb", "text8", "enwik8", "iam_ondb")
-BOUNDARIES = ("step", "bernoulli", "soft")
 LOGGER_MODES = ("online", "offline", "disabled")
 ACCELERATORS = ("auto", "cpu", "gpu", "cuda", "mps")
 PRECISIONS = ("32-true", "32", "bf16-mixed", "16-mixed", "64-true", "64", "bf16-true")
@@ -59,9 +58,14 @@ class ModelConfig:
     config). The HM-LSTM variants are the reference and ignore it, so one sweep can set it."""
 
     @property
+    def spec(self) -> Any:
+        """The registered :class:`hmrnn.models.ModelSpec` of ``name``."""
+        return MODELS.get(self.name)
+
+    @property
     def cell(self) -> str:
         """The recurrent core ``name`` builds: ``hmlstm`` (every HM-LSTM variant) or ``lstm``."""
-        return "lstm" if self.name == "lstm" else "hmlstm"
+        return self.spec.cell
 
 
 @dataclass
@@ -232,17 +236,26 @@ class ConfigError(ValueError):
     """A setting a user gave is wrong; the message names the key and the fix."""
 
 
-CHOICES: dict[str, tuple[str, ...]] = {
+CHOICES: dict[str, tuple[str, ...] | Registry] = {
     "data.iam_split": ("random", "official"),
-    "model.name": MODEL_NAMES,
-    "model.boundary": BOUNDARIES,
+    "model.name": MODELS,
+    "model.boundary": ESTIMATORS,
     "model.fixed_source": FIXED_SOURCES,
-    "data.name": DATA_NAMES,
+    "data.name": DATASETS,
     "logger.mode": LOGGER_MODES,
     "trainer.accelerator": ACCELERATORS,
     "trainer.precision": PRECISIONS,
     "trainer.nonfinite": ("stop", "skip"),
 }
+"""Settings with a fixed set of values; the registries' (models, data sets, estimators) include
+whatever was registered at the time of the check."""
+
+
+def choices_of(key: str) -> tuple[str, ...]:
+    """The valid values of the setting ``key`` now."""
+    options = CHOICES[key]
+    return options.names() if isinstance(options, Registry) else options
+
 
 POSITIVE: tuple[str, ...] = (
     "model.hidden_size",
@@ -288,13 +301,10 @@ def dotted_keys(schema: Any = Config, prefix: str = "") -> list[str]:
 
 def validate(config: Config) -> Config:
     """Check choices and ranges; raise :class:`ConfigError` naming the key and the valid values."""
-    for key, options in CHOICES.items():
-        value = get(config, key)
+    for key in CHOICES:
+        value, options = get(config, key), choices_of(key)
         if value not in options:
-            raise ConfigError(
-                f"{key}={value!r} is not a valid choice{suggest(str(value), options)}; "
-                f"choose one of: {', '.join(options)}"
-            )
+            raise ConfigError(unknown_choice(key, value, options))
     for key in POSITIVE:
         if not get(config, key) > 0:
             raise ConfigError(f"{key} must be positive, got {get(config, key)!r}")
@@ -311,18 +321,9 @@ def validate(config: Config) -> Config:
             f"regularizer.target_rates needs one rate per detector layer ({n_detectors} for "
             f"model.num_layers={config.model.num_layers}), got {list(reg.target_rates)!r}"
         )
-    if config.model.name == "soft_gated" and config.model.boundary != "soft":
-        raise ConfigError(
-            f"model=soft_gated needs model.boundary=soft, got {config.model.boundary!r}; "
-            "use model=hmlstm for the step and bernoulli estimators"
-        )
-    if config.model.name == "fixed_boundary":
-        periods = list(config.model.fixed_periods)
-        if len(periods) != n_detectors or any(p < 1 for p in periods):
-            raise ConfigError(
-                f"model.fixed_periods needs one period >= 1 per detector layer ({n_detectors} "
-                f"for model.num_layers={config.model.num_layers}), got {periods!r}"
-            )
+    check = config.model.spec.check  # what the chosen model cannot take
+    if check is not None:
+        check(config)
     if any(not 0 <= r <= 1 for r in reg.target_rates):
         raise ConfigError(f"regularizer.target_rates must lie in [0, 1], got {reg.target_rates}")
     return config

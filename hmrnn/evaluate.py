@@ -132,8 +132,8 @@ def evaluate(checkpoint: Path, split: str, local_dir: str = "") -> dict[str, flo
         dm.setup()
     except DataError as error:
         raise ConfigError(str(error)) from error
-    vocab, current = module.hparams.get("vocab"), getattr(dm, "vocab", None)
-    if vocab is not None and current is not None and list(vocab) != list(current.symbols):
+    vocab, current = module.hparams.get("vocab"), dm.vocabulary()
+    if vocab is not None and current is not None and list(vocab) != current:
         raise ConfigError(
             f"the vocabulary of {checkpoint} ({len(vocab)} symbols) differs from the data's "
             f"({len(current)}): point local_dir= at the data the model was trained on"

@@ -181,7 +181,7 @@ def main(argv: list[str] | None = None) -> list[Path]:
     dm = build_datamodule(module.config.data)
     dm.setup()
     split = SPLITS[options["split"]]
-    if hasattr(dm, "tokens"):
+    if dm.kind == "text":
         written = text_figures(module, dm.tokens[split], options, out, run_dir.name)
     else:
         index = int(options["offset"])

@@ -32,6 +32,8 @@ from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
+from hmrnn.sweep.children import alive  # the runner's own test of a live process
+
 T = TypeVar("T")
 
 STALL_S = float(os.environ.get("HMRNN_TEST_STALL_S", "600"))
@@ -67,22 +69,6 @@ def cpu_seconds(pid: int) -> float:
         return 0.0
     ticks = sum(int(f) for f in fields[11:15])  # utime, stime, cutime, cstime
     return ticks / TICK + sum(cpu_seconds(child) for child in children(pid))
-
-
-def alive(pid: int) -> bool:
-    """Whether ``pid`` is a live process (a zombie, ended but not reaped, is not)."""
-    if not Path("/proc/self/stat").exists():  # no /proc (macOS): signal 0 tells if it exists
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return False
-        except PermissionError:
-            return True
-        return True
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
-    except (OSError, IndexError):
-        return False
 
 
 def files_under(folders: Iterable[Path]) -> frozenset[tuple[str, int, int]]:

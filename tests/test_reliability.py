@@ -60,6 +60,12 @@ def run(tmp: Path, *args: str) -> dict:
     return train_command.main([*argv, "trainer.checkpoint_every_n_steps=4", *args])
 
 
+def as_if_stopped(run_dir: Path) -> None:
+    """Make a finished run look stopped at its last checkpoint (a finished one is never
+    resumed): its results.json is what marks it finished."""
+    (run_dir / "results.json").unlink()
+
+
 @pytest.mark.parametrize("where", ["loss", "gradient"])
 def test_a_nan_stops_the_run_naming_the_step_and_keeps_the_last_good_checkpoint(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, where: str
@@ -140,6 +146,7 @@ def test_resuming_from_a_foreign_corrupt_or_mismatched_checkpoint_is_refused(
     from hmrnn.config import ConfigError
 
     run(tmp_path, "trainer.max_steps=8")
+    as_if_stopped(tmp_path / "r")
     last = tmp_path / "r" / "checkpoints" / "last.ckpt"
     good = last.read_bytes()
     resume = [f"resume={tmp_path / 'r'}", "logger.mode=disabled"]
@@ -410,6 +417,7 @@ def test_a_damaged_last_checkpoint_is_detected_and_the_previous_one_resumes_bit_
 
     run(tmp_path / "whole")  # 20 steps, last.ckpt every 4
     run(tmp_path / "cut", "trainer.max_steps=12")
+    as_if_stopped(tmp_path / "cut" / "r")
     folder = tmp_path / "cut" / "r" / "checkpoints"
     assert (step_of(folder / "last.ckpt"), step_of(folder / "previous.ckpt")) == (12, 8)
     flip_a_bit(folder / "last.ckpt")

@@ -1,6 +1,6 @@
 """Pure-PyTorch model code: no Lightning, torchmetrics, W&B or OmegaConf (DESIGN.md)."""
 
-from hmrnn.core.boundary import BOUNDARY_VARIANTS, boundary, hard_sigmoid
+from hmrnn.core.boundary import BoundaryEstimator, boundary, hard_sigmoid
 from hmrnn.core.hmlstm import HMLSTM, HMLSTMState, count_parameters
 from hmrnn.core.lm import CharLM, LMOutput
 from hmrnn.core.lstm import StackedLSTM
@@ -8,8 +8,8 @@ from hmrnn.core.output import OutputModule
 from hmrnn.core.reference import reference_forward
 
 __all__ = [
-    "BOUNDARY_VARIANTS",
     "HMLSTM",
+    "BoundaryEstimator",
     "CharLM",
     "HMLSTMState",
     "LMOutput",

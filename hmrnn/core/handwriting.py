@@ -6,14 +6,14 @@ and standard deviation; the model reads point t and gives the distribution of po
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor, nn
 
+from hmrnn.core.cells import HIERARCHICAL, build_cell
 from hmrnn.core.fixed import FixedBoundaries, FixedState
-from hmrnn.core.hmlstm import HMLSTM, HMLSTMState
-from hmrnn.core.lstm import StackedLSTM
+from hmrnn.core.hmlstm import HMLSTMState
 from hmrnn.core.mdn import MixtureDensityHead, MixtureParams, log_likelihood, sample
 from hmrnn.core.output import OutputModule
 
@@ -54,16 +54,10 @@ class HandwritingModel(nn.Module):
         **rnn_options: object,
     ) -> None:
         super().__init__()
-        if fixed is not None and cell != "hmlstm":
+        if fixed is not None and cell not in HIERARCHICAL:
             raise ValueError("fixed boundaries need cell='hmlstm'")
         self.fixed = fixed
-        if cell == "hmlstm":
-            self.rnn: HMLSTM | StackedLSTM = HMLSTM(3, hidden_size, num_layers, **rnn_options)
-        elif cell == "lstm":
-            options = {k: v for k, v in rnn_options.items() if k == "layer_norm"}
-            self.rnn = StackedLSTM(3, hidden_size, num_layers, **options)
-        else:
-            raise ValueError(f"cell must be 'hmlstm' or 'lstm', got {cell!r}")
+        self.rnn: Any = build_cell(cell, 3, hidden_size, num_layers, rnn_options)
         self.output = OutputModule(num_layers, hidden_size, output_size)
         self.head = MixtureDensityHead(output_size, num_components)
 

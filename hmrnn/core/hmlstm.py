@@ -31,8 +31,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from hmrnn.core.boundary import BOUNDARY_VARIANTS, boundary
-from hmrnn.core.fused import fused_forward
+from hmrnn.core.boundary import BoundaryEstimator, boundary
+from hmrnn.core.fused import WeightCache, fused_forward
+from hmrnn.registry import ESTIMATORS
 
 LN_EPS = 1e-5
 
@@ -77,8 +78,9 @@ class HMLSTM(nn.Module):
         num_layers: K >= 1.
         layer_norm: normalise the recurrent, top-down and bottom-up projections separately
             (before the boundary gating) and c_t before its tanh (model.md §4).
-        boundary: ``"step"`` (straight-through), ``"bernoulli"`` (sampled in training) or
-            ``"soft"`` (never discretised).
+        boundary: the boundary estimator's name in :data:`hmrnn.registry.ESTIMATORS`:
+            ``"step"`` (straight-through), ``"bernoulli"`` (sampled in training), ``"soft"``
+            (never discretised), or one registered since (:mod:`hmrnn.core.boundary`).
         top_layer_boundary: give the top layer a boundary detector so that it can FLUSH (a common
             departure from the paper, off by default).
         grad_through_ops: let the straight-through gradient reach z through the choice of
@@ -99,7 +101,8 @@ class HMLSTM(nn.Module):
     Attributes (plain, not saved): ``fused`` (default True) runs the hand-written loop of
     :mod:`hmrnn.core.fused` when layer norm is off; ``skip_copy`` (default True) lets that loop
     skip the work of COPY rows (CPU, evaluation, and training with imposed boundaries). Both
-    change results only by rounding.
+    change results only by rounding. ``fused_weights`` keeps that loop's weights, reordered and
+    packed, between passes without autograd (:class:`hmrnn.core.fused.WeightCache`).
 
     Parameters (per layer l, G = 4H+1 rows with a detector, 4H without; rows are i, f, g, o, z):
         weight_ih_l{l}: (G, H_in or H) bottom-up;  weight_hh_l{l}: (G, H) recurrent;
@@ -126,8 +129,7 @@ class HMLSTM(nn.Module):
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
         if not isinstance(num_layers, int) or num_layers < 1:
             raise ValueError(f"num_layers must be an integer >= 1, got {num_layers!r}")
-        if boundary not in BOUNDARY_VARIANTS:
-            raise ValueError(f"boundary must be one of {BOUNDARY_VARIANTS}, got {boundary!r}")
+        ESTIMATORS.get(boundary)  # an unknown name: UnknownChoice (a ValueError) naming them
         self.input_size = input_size
         self.hidden_size = hidden_size
         self.num_layers = num_layers
@@ -140,23 +142,28 @@ class HMLSTM(nn.Module):
         # and there skip the work of COPY rows: in evaluation, and in training with imposed
         # boundaries (layers with large weights only; hmrnn.core.fused.Loop.sparse_allowed)
         self.skip_copy = True
+        self.fused_weights = WeightCache()  # that loop's weights, for passes without autograd
         self.register_buffer("slope", torch.tensor(1.0))
+        self._register_parameters()
+        self.reset_parameters()
 
-        H = hidden_size
-        for l in range(num_layers):
+    def _register_parameters(self) -> None:
+        """The parameters of the class docstring, layer by layer (their order is the
+        state_dict's)."""
+        H = self.hidden_size
+        for l in range(self.num_layers):
             G = self.gate_rows(l)
-            fan_in = input_size if l == 0 else H
+            fan_in = self.input_size if l == 0 else H
             self.register_parameter(f"weight_ih_l{l}", nn.Parameter(torch.empty(G, fan_in)))
             self.register_parameter(f"weight_hh_l{l}", nn.Parameter(torch.empty(G, H)))
             if self.has_top_down(l):
                 self.register_parameter(f"weight_td_l{l}", nn.Parameter(torch.empty(G, H)))
             self.register_parameter(f"bias_l{l}", nn.Parameter(torch.empty(G)))
-            if layer_norm:
+            if self.layer_norm:
                 for kind in ("ih", "hh", "td") if self.has_top_down(l) else ("ih", "hh"):
                     self.register_parameter(f"ln_{kind}_l{l}", nn.Parameter(torch.empty(G)))
                 self.register_parameter(f"ln_c_weight_l{l}", nn.Parameter(torch.empty(H)))
                 self.register_parameter(f"ln_c_bias_l{l}", nn.Parameter(torch.empty(H)))
-        self.reset_parameters()
 
     # ----------------------------------------------------------------------------- structure
     def has_detector(self, l: int) -> bool:
@@ -174,6 +181,11 @@ class HMLSTM(nn.Module):
     def param(self, kind: str, l: int) -> Tensor:
         """The parameter ``{kind}_l{l}``, e.g. ``param("weight_hh", 0)``."""
         return getattr(self, f"{kind}_l{l}")
+
+    @property
+    def estimator(self) -> BoundaryEstimator:
+        """The boundary estimator named by ``boundary`` (:data:`hmrnn.registry.ESTIMATORS`)."""
+        return ESTIMATORS.get(self.boundary)
 
     @torch.no_grad()
     def reset_parameters(self) -> None:
@@ -257,22 +269,32 @@ class HMLSTM(nn.Module):
         if self.batch_first:
             input = input.transpose(0, 1)
             boundaries = None if boundaries is None else boundaries.transpose(0, 1)
-        T, B, _ = input.shape
-        K, H = self.num_layers, self.hidden_size
+        B = input.size(1)
         state = self.zero_state(B, input) if state is None else HMLSTMState(*state[:3])
         if self.fused and not self.layer_norm:
             output, h_n, c_n, z_n, bounds = fused_forward(self, input, state, boundaries)
-            if self.batch_first:
-                output, bounds = output.transpose(0, 1), bounds.transpose(0, 1)
-            return output, HMLSTMState(h_n, c_n, z_n), bounds
+        else:
+            output, h_n, c_n, z_n, bounds = self._autograd_forward(input, state, boundaries)
+        if self.batch_first:
+            output, bounds = output.transpose(0, 1), bounds.transpose(0, 1)
+        return output, HMLSTMState(h_n, c_n, z_n), bounds
 
+    def _autograd_forward(
+        self, input: Tensor, state: HMLSTMState, boundaries: Tensor | None
+    ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+        """:meth:`forward` built from autograd operations, time-major, as
+        :func:`hmrnn.core.fused.fused_forward`: output (T, B, K, H), h and c (K, B, H),
+        z (K, B), boundaries (T, B, K)."""
+        T, B, _ = input.shape
+        K, H = self.num_layers, self.hidden_size
         h = list(state.h.unbind(0))  # per layer (B, H)
         c = list(state.c.unbind(0))
         z = [zl.unsqueeze(1) for zl in state.z.unbind(0)]  # per layer (B, 1)
         imposed = None
         if boundaries is not None:
             imposed = boundaries.to(input.dtype).unsqueeze(-1).unbind(0)  # T x (B, K, 1)
-        weights = [self._step_weight(l) for l in range(K)]
+        weights = [self.step_weight(l) for l in range(K)]
+        estimator = self.estimator
         bottom_up = self._input_projection(input)  # T x (B, G_0), bias included
         zero = input.new_zeros(B, 1)
 
@@ -284,7 +306,7 @@ class HMLSTM(nn.Module):
                 z_below = None if l == 0 else z[l - 1]
                 above = h[l + 1] if self.has_top_down(l) else None
                 h[l], c[l], z_new = self._cell(
-                    l, weights[l], h[l], c[l], z[l], above, below, z_below
+                    l, weights[l], h[l], c[l], z[l], above, below, z_below, estimator
                 )
                 if not self.has_detector(l):
                     z_new = zero
@@ -296,10 +318,7 @@ class HMLSTM(nn.Module):
 
         output = torch.stack(outs).view(T, K, B, H).transpose(1, 2)
         bounds = torch.stack(zs).view(T, K, B).transpose(1, 2)
-        new_state = HMLSTMState(torch.stack(h), torch.stack(c), torch.cat(z, dim=1).t())
-        if self.batch_first:
-            output, bounds = output.transpose(0, 1), bounds.transpose(0, 1)
-        return output, new_state, bounds
+        return output, torch.stack(h), torch.stack(c), torch.cat(z, dim=1).t(), bounds
 
     def step(
         self,
@@ -319,7 +338,7 @@ class HMLSTM(nn.Module):
         return output.squeeze(dim), state, bounds.squeeze(dim)
 
     # ------------------------------------------------------------------------------ pieces
-    def _step_weight(self, l: int) -> Tensor:
+    def step_weight(self, l: int) -> Tensor:
         """Weights of the per-step multiply of layer l.
 
         Without layer norm: (n*H, G), the recurrent, top-down and (for l > 0) bottom-up blocks
@@ -355,11 +374,13 @@ class HMLSTM(nn.Module):
         above: Tensor | None,
         below: Tensor,
         z_below: Tensor | None,
+        estimator: BoundaryEstimator,
     ) -> tuple[Tensor, Tensor, Tensor]:
         """One step of layer l: returns h_t, c_t (B, H) and the detector's z_t (B, 1).
 
         ``below`` is the bottom-up input h_t^{l-1} (for layer 0 the precomputed W x_t + b);
-        ``z_below`` is None for layer 0 (z^0 = 1).
+        ``z_below`` is None for layer 0 (z^0 = 1); ``estimator`` is :attr:`estimator`, looked up
+        once per forward.
         """
         H = self.hidden_size
         s = self._preactivation(l, weight, h_prev, z_prev, above, below, z_below)  # (B, G)
@@ -369,7 +390,7 @@ class HMLSTM(nn.Module):
         o = torch.sigmoid(s[:, 3 * H : 4 * H])
         z_new = None
         if self.has_detector(l):
-            z_new = boundary(s[:, 4 * H :], self.slope, self.boundary, self.training)
+            z_new = boundary(s[:, 4 * H :], self.slope, estimator, self.training)
 
         flush = z_prev if self.has_detector(l) else None
         if flush is not None and not self.grad_through_ops:

@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from hmrnn.core.cells import HIERARCHICAL, build_cell
 from hmrnn.core.fixed import FixedBoundaries, FixedState
-from hmrnn.core.hmlstm import HMLSTM, HMLSTMState
-from hmrnn.core.lstm import StackedLSTM
+from hmrnn.core.hmlstm import HMLSTMState
 from hmrnn.core.output import OutputModule
 
 
@@ -71,17 +71,9 @@ class CharLM(nn.Module):
         output_size = hidden_size if output_size is None else output_size
         self.vocab_size = vocab_size
         self.embedding = nn.Embedding(vocab_size, embedding_dim)
-        if cell == "hmlstm":
-            self.rnn: HMLSTM | StackedLSTM = HMLSTM(
-                embedding_dim, hidden_size, num_layers, **rnn_options
-            )
-        elif cell == "lstm":
-            options = {k: v for k, v in rnn_options.items() if k == "layer_norm"}
-            self.rnn = StackedLSTM(embedding_dim, hidden_size, num_layers, **options)
-        else:
-            raise ValueError(f"cell must be 'hmlstm' or 'lstm', got {cell!r}")
+        self.rnn: Any = build_cell(cell, embedding_dim, hidden_size, num_layers, rnn_options)
         self.cell = cell
-        if fixed is not None and cell != "hmlstm":
+        if fixed is not None and cell not in HIERARCHICAL:
             raise ValueError("fixed boundaries need cell='hmlstm'")
         if fixed is not None and fixed.source == "delimiter" and not delimiters:
             raise ValueError("fixed boundaries by delimiter need the delimiters' token ids")

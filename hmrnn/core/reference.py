@@ -20,7 +20,11 @@ def reference_forward(
     state: HMLSTMState | None = None,
     boundaries: Tensor | None = None,
 ) -> tuple[Tensor, HMLSTMState, Tensor]:
-    """Same inputs, outputs and shapes as ``rnn(input, state, boundaries)``."""
+    """Same inputs, outputs and shapes as ``rnn(input, state, boundaries)``.
+
+    One function on purpose: it reads top to bottom like model.md §1, which is what an oracle is
+    for; the boundary comes from ``rnn.estimator``, the object the fast paths call too.
+    """
     rnn.check_inputs(input, state, boundaries)
     if rnn.batch_first:
         input = input.transpose(0, 1)
@@ -32,6 +36,7 @@ def reference_forward(
     h = [state.h[l] for l in range(K)]
     c = [state.c[l] for l in range(K)]
     z = [state.z[l].unsqueeze(1) for l in range(K)]
+    estimator = rnn.estimator  # the object every path calls (hmrnn.registry.ESTIMATORS)
 
     def project(kind: str, l: int, x: Tensor) -> Tensor:
         """One projection, layer-normalised on its own when layer norm is on."""
@@ -72,9 +77,9 @@ def reference_forward(
                 z_new = torch.zeros_like(z[l])
             elif boundaries is not None:
                 z_new = boundaries[t, :, l : l + 1].to(input.dtype)
-                boundary(s[:, 4 * H :], rnn.slope, rnn.boundary, rnn.training)  # same RNG draws
+                boundary(s[:, 4 * H :], rnn.slope, estimator, rnn.training)  # same RNG draws
             else:
-                z_new = boundary(s[:, 4 * H :], rnn.slope, rnn.boundary, rnn.training)
+                z_new = boundary(s[:, 4 * H :], rnn.slope, estimator, rnn.training)
             h_t.append(h_new)
             z_t.append(z_new)
             h[l], c[l] = h_new, c_new

@@ -22,7 +22,7 @@ def rnn_options(config: Config) -> dict[str, Any]:
     """Keyword options of the recurrent core that ``model.name`` picks."""
     m = config.model
     options: dict[str, Any] = {"layer_norm": m.layer_norm}
-    if m.cell == "hmlstm":
+    if m.spec.hierarchical:
         options |= {
             "boundary": m.boundary,
             "top_layer_boundary": m.top_layer_boundary,
@@ -34,7 +34,7 @@ def rnn_options(config: Config) -> dict[str, Any]:
 def fixed_boundaries(config: Config) -> FixedBoundaries | None:
     """The counters that impose the boundaries of ``model=fixed_boundary``, else None."""
     m = config.model
-    if m.name != "fixed_boundary":
+    if not m.spec.imposed:
         return None
     return FixedBoundaries(m.num_layers, list(m.fixed_periods), m.fixed_source)
 
@@ -59,7 +59,7 @@ class LitBase(L.LightningModule):
 
     @property
     def is_hierarchical(self) -> bool:
-        return self.config.model.cell == "hmlstm"
+        return bool(self.config.model.spec.hierarchical)
 
     def num_parameters(self) -> int:
         return count_parameters(self.model)
@@ -87,7 +87,7 @@ class LitBase(L.LightningModule):
         """Warnings for detector layers whose validation firing rate has been 0 or 1 at the last
         ``STUCK_AFTER`` validations (learned boundaries only): such a layer never or always
         closes a segment, so the layer above never updates or is a plain LSTM layer."""
-        if self.config.model.name == "fixed_boundary":
+        if self.config.model.spec.imposed:
             return []
         self._rate_history = [*self._rate_history, rates][-self.STUCK_AFTER :]
         if len(self._rate_history) < self.STUCK_AFTER:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
-import math
 import os
 from pathlib import Path
 from typing import Any
@@ -15,6 +14,7 @@ import torch
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint, TQDMProgressBar
 from lightning.pytorch.loggers import WandbLogger
 
+from datamodules.base import DataError, DataSetModule
 from hmrnn.config import Config, ConfigError
 from hmrnn.lit.base import LitBase
 from hmrnn.lit.callbacks import (
@@ -33,6 +33,7 @@ from hmrnn.lit.csvlog import ResumableCSVLogger
 from hmrnn.lit.handwriting import LitHandwriting
 from hmrnn.lit.module import LitCharLM
 from hmrnn.lit.noise import quiet
+from hmrnn.registry import DATASETS
 from hmrnn.run.figures import BoundaryFigures
 from hmrnn.run.folder import sweep_run_id
 
@@ -71,56 +72,11 @@ def wandb_logger(**kwargs: Any) -> WandbLogger:
 
 
 def build_trainer(config: Config, run_dir: Path) -> tuple[L.Trainer, dict[str, Any]]:
+    """The run's Trainer, and its parts the run reads later: ``checkpoint`` (the best model),
+    ``throughput`` and ``resume`` (last.ckpt, the signal that stopped the run)."""
     t = config.trainer
     quiet()
-    os.environ.setdefault("WANDB_SILENT", "true")
-    loggers: list[Any] = [ResumableCSVLogger(save_dir=str(run_dir), name="csv", version="")]
-    if config.logger.mode != "disabled":
-        loggers.append(
-            wandb_logger(
-                save_dir=str(run_dir),
-                project=config.logger.project,
-                entity=config.logger.entity or None,
-                name=config.run_name,
-                # in a sweep the agent's run id, so the run is the one the sweep proposed
-                id=sweep_run_id() or config.run_name.replace("/", "-")[-64:],
-                tags=list(config.logger.tags) or None,
-                mode=config.logger.mode,
-                resume="allow",
-            )
-        )
-    handwriting = lit_class(config) is LitHandwriting
-    checkpoint = ModelCheckpoint(  # the best model, for testing; resuming uses last.ckpt
-        dirpath=str(run_dir / "checkpoints"),
-        filename="best",
-        monitor="val/ll" if handwriting else "val/bpc",
-        mode="max" if handwriting else "min",
-        save_top_k=1,
-        save_last=False,
-        enable_version_counter=False,
-    )
-    throughput = Throughput()
-    resume = ResumeCheckpoint(
-        run_dir / "checkpoints" / "last.ckpt", t.checkpoint_every_n_steps, t.min_free_mb
-    )
-    callbacks: list[L.Callback] = [
-        checkpoint,
-        resume,
-        RNGState(),
-        NonFinite(
-            t.nonfinite,
-            f"{run_dir / 'checkpoints' / 'last.ckpt'} holds the last good state "
-            f"(python -m hmrnn.train resume={run_dir}). ",
-        ),
-        throughput,
-        LearningRateMonitor("step"),
-    ]
-    if config.model.cell == "hmlstm":
-        callbacks.append(SlopeAnnealing(config.slope))
-        if config.logger.mode != "disabled":  # the boundary figure of each validation, to W&B
-            callbacks.append(BoundaryFigures())
-    if t.enable_progress_bar:
-        callbacks.append(TQDMProgressBar(refresh_rate=10))
+    callbacks, parts = callbacks_of(config, run_dir)
     trainer = L.Trainer(
         max_epochs=t.max_epochs,
         max_steps=t.max_steps,
@@ -140,49 +96,107 @@ def build_trainer(config: Config, run_dir: Path) -> tuple[L.Trainer, dict[str, A
         num_sanity_val_steps=0,
         default_root_dir=str(run_dir),
         plugins=plugins_of(),
-        logger=loggers,
+        logger=loggers_of(config, run_dir),
         callbacks=callbacks,
     )
-    return trainer, {"checkpoint": checkpoint, "throughput": throughput, "resume": resume}
+    return trainer, parts
+
+
+def loggers_of(config: Config, run_dir: Path) -> list[Any]:
+    """The CSV log, always, and W&B unless ``logger.mode=disabled``."""
+    os.environ.setdefault("WANDB_SILENT", "true")
+    loggers: list[Any] = [ResumableCSVLogger(save_dir=str(run_dir), name="csv", version="")]
+    if config.logger.mode != "disabled":
+        loggers.append(
+            wandb_logger(
+                save_dir=str(run_dir),
+                project=config.logger.project,
+                entity=config.logger.entity or None,
+                name=config.run_name,
+                # in a sweep the agent's run id, so the run is the one the sweep proposed
+                id=sweep_run_id() or config.run_name.replace("/", "-")[-64:],
+                tags=list(config.logger.tags) or None,
+                mode=config.logger.mode,
+                resume="allow",
+            )
+        )
+    return loggers
+
+
+def callbacks_of(config: Config, run_dir: Path) -> tuple[list[L.Callback], dict[str, Any]]:
+    """The run's callbacks, and those of them the run reads later (see :func:`build_trainer`)."""
+    t = config.trainer
+    handwriting = lit_class(config) is LitHandwriting
+    checkpoint = ModelCheckpoint(  # the best model, for testing; resuming uses last.ckpt
+        dirpath=str(run_dir / "checkpoints"),
+        filename="best",
+        monitor="val/ll" if handwriting else "val/bpc",
+        mode="max" if handwriting else "min",
+        save_top_k=1,
+        save_last=False,
+        enable_version_counter=False,
+    )
+    last = run_dir / "checkpoints" / "last.ckpt"
+    parts = {
+        "checkpoint": checkpoint,
+        "throughput": Throughput(),
+        "resume": ResumeCheckpoint(last, t.checkpoint_every_n_steps, t.min_free_mb),
+    }
+    again = f"{last} holds the last good state (python -m hmrnn.train resume={run_dir}). "
+    callbacks: list[L.Callback] = [
+        checkpoint,
+        parts["resume"],
+        RNGState(),
+        NonFinite(t.nonfinite, again),
+        parts["throughput"],
+        LearningRateMonitor("step"),
+    ]
+    if config.model.spec.hierarchical:
+        callbacks.append(SlopeAnnealing(config.slope))
+        if config.logger.mode != "disabled":  # the boundary figure of each validation, to W&B
+            callbacks.append(BoundaryFigures())
+    if t.enable_progress_bar:
+        callbacks.append(TQDMProgressBar(refresh_rate=10))
+    return callbacks, parts
+
+
+# the LightningModule of each kind of data set (``DataSet.kind``)
+LIT_CLASSES: dict[str, type[LitCharLM] | type[LitHandwriting]] = {
+    "text": LitCharLM,
+    "handwriting": LitHandwriting,
+}
 
 
 def lit_class(config: Config) -> type[LitCharLM] | type[LitHandwriting]:
-    """The LightningModule of a data set: handwriting for IAM-OnDB, the character LM else."""
-    return LitHandwriting if config.data.name == "iam_ondb" else LitCharLM
+    """The LightningModule of the run's data set, by its kind (text or handwriting)."""
+    return LIT_CLASSES[DATASETS.get(config.data.name).kind]
 
 
-def build_module(config: Config, dm: Any) -> LitBase:
+def build_module(config: Config, dm: DataSetModule) -> LitBase:
     """The LightningModule of a run, its network sized and wired for the data set ``dm``."""
     if lit_class(config) is LitHandwriting:
         mean, std = [float(v) for v in dm.mean], [float(v) for v in dm.std]
         return LitHandwriting(dataclasses.asdict(config), mean, std)
     delimiters = dm.delimiter_ids()
     m = config.model
-    if m.name == "fixed_boundary" and m.fixed_source == "delimiter" and not delimiters:
+    if m.spec.imposed and m.fixed_source == "delimiter" and not delimiters:
         raise ConfigError(
             f"model.fixed_source=delimiter: data={config.data.name} has no word delimiter; "
             "use model.fixed_source=periodic"
         )
-    vocab = list(dm.vocab.symbols)
+    vocab = dm.vocabulary()
     truth = {kind: [list(before), list(at)] for kind, (before, at) in dm.truth_rules().items()}
     return LitCharLM(dataclasses.asdict(config), len(vocab), vocab, delimiters, truth)
 
 
-def preflight(config: Config, dm: Any) -> None:
+def preflight(config: Config, dm: DataSetModule) -> None:
     """Checks of the data against the batching, before any work: ConfigError naming the keys."""
     d, t = config.data, config.trainer
-    if hasattr(dm, "tokens"):  # a character stream: B rows of T-step segments per split
-        for split, name in (("train", "train"), ("valid", "validation"), ("test", "test")):
-            rows = d.batch_size if split == "train" or not d.eval_batch_size else d.eval_batch_size
-            if len(dm.tokens[split]) // rows < 2:
-                raise ConfigError(
-                    f"the {name} split holds {len(dm.tokens[split]):,} symbols, too few for "
-                    f"{rows} rows of at least 2 symbols; lower data.batch_size"
-                    + (" (or data.eval_batch_size)" if split != "train" else "")
-                )
-        batches = math.ceil((len(dm.tokens["train"]) // d.batch_size - 1) / d.bptt)
-    else:
-        batches = len(dm.batch_sampler("train"))
+    try:
+        dm.check_batching()
+    except DataError as error:
+        raise ConfigError(str(error)) from error
+    batches = dm.train_batches()
     interval = t.val_check_interval
     if isinstance(interval, int) and not isinstance(interval, bool) and interval > batches:
         raise ConfigError(
@@ -192,7 +206,7 @@ def preflight(config: Config, dm: Any) -> None:
         )
 
 
-def check_checkpoint(ckpt: Path, config: Config, dm: Any) -> dict[str, Any]:
+def check_checkpoint(ckpt: Path, config: Config, dm: DataSetModule) -> dict[str, Any]:
     """The checkpoint ``ckpt``; ConfigError unless it can be read and holds this run's model
     and vocabulary."""
     try:
@@ -210,8 +224,8 @@ def check_checkpoint(ckpt: Path, config: Config, dm: Any) -> dict[str, Any]:
                 f"resume: {ckpt} holds a model with model.{key}={model[key]!r}, but the run's "
                 f"config.yaml says {value!r}: the checkpoint comes from another run"
             )
-    vocab, current = hparams.get("vocab"), getattr(dm, "vocab", None)
-    if vocab is not None and current is not None and list(vocab) != list(current.symbols):
+    vocab, current = hparams.get("vocab"), dm.vocabulary()
+    if vocab is not None and current is not None and list(vocab) != current:
         raise ConfigError(
             f"resume: the vocabulary of {ckpt} ({len(vocab)} symbols) differs from "
             f"data={config.data.name}'s ({len(current)}): the data files changed since the "
@@ -220,7 +234,7 @@ def check_checkpoint(ckpt: Path, config: Config, dm: Any) -> dict[str, Any]:
     return saved
 
 
-def match_lstm_size(config: Config, dm: Any) -> int:
+def match_lstm_size(config: Config, dm: DataSetModule) -> int:
     """The largest LSTM hidden size whose module has no more parameters than the HM-LSTM of
     ``config.model.hidden_size`` (``model.match_parameters``); built on the meta device."""
 

@@ -9,6 +9,7 @@ from typing import Any
 import lightning as L
 import numpy as np
 
+from datamodules.base import DataSetModule
 from hmrnn.strips import png_strips
 from hmrnn.visualize import (
     detectors_of,
@@ -38,13 +39,13 @@ class BoundaryFigures(L.Callback):
         for logger in loggers:
             logger.log_image(key="val/boundaries", images=[image], step=trainer.global_step)
 
-    def figure(self, dm: Any, module: Any, step: int | None = None) -> np.ndarray:
+    def figure(self, dm: DataSetModule, module: Any, step: int | None = None) -> np.ndarray:
         """The figure as an (H, W, 3) uint8 array (what wandb.Image takes: 0..255, so a float
         image in [0, 1] would show black), titled with the run and ``step``."""
         import matplotlib.image
 
         run = getattr(module.config, "run_name", "")
-        if hasattr(dm, "tokens"):  # text
+        if dm.kind == "text":
             ids, z, norms = text_excerpt(module.model, dm.tokens["valid"], 0, self.length, 0)
             text = "".join(module.hparams.vocab[i] for i in ids)
             _, interleaved = text_strips(z, norms, detectors_of(module.model))

@@ -28,6 +28,7 @@ from hmrnn.lit.checkpoint_io import (
     read_checkpoint,
     run_folder_of,
 )
+from hmrnn.run.names import default_run_name, sweep_run_id
 
 
 def resolve_resume(path: str) -> tuple[Path, Path]:
@@ -98,44 +99,32 @@ def load_config(argv: list[str]) -> tuple[Config, DictConfig, Path | None]:
         config = validate(OmegaConf.to_object(cfg))  # type: ignore[arg-type]
     except OmegaConfBaseException as error:
         raise config_error(error, "the command line") from error
-    chosen = {
-        "experiment": saved_config.experiment,
-        "model": saved_config.model.name,
-        "data": saved_config.data.name,
-    }
-    for group, name in selected.items():
-        if name != chosen[group]:
-            raise ConfigError(
-                f"{group}={name!r} differs from the resumed run's {chosen[group]!r} ({saved}); "
-                f"a resumed run keeps its {group}: leave {group}= out"
-            )
-    for section in ("model", "data"):  # the checkpoint's network and data position need them
-        old, new = (
-            dataclasses.asdict(getattr(saved_config, section)),
-            dataclasses.asdict(getattr(config, section)),
-        )
-        for key in old:
-            if old[key] != new[key]:
-                raise ConfigError(
-                    f"{section}.{key}={new[key]!r} differs from the resumed run's "
-                    f"{old[key]!r} ({saved}); a resumed run keeps its model and data settings"
-                )
+    keep_choices(saved_config, config, selected, saved)
     config.resume = str(ckpt)
     config.run_name = run_dir.name
     config.out_dir = str(run_dir.parent)
     return config, cfg, ckpt
 
 
-def sweep_run_id() -> str:
-    """The W&B run id a sweep agent (``wandb agent`` or ``python -m hmrnn.sweep``) assigned to
-    this process through ``WANDB_SWEEP_ID`` / ``WANDB_RUN_ID``; empty outside a sweep."""
-    if os.environ.get("WANDB_SWEEP_ID"):
-        return os.environ.get("WANDB_RUN_ID", "")
-    return ""
-
-
-def default_run_name(config: Config, stamp: str) -> str:
-    return f"{config.experiment or 'run'}-{config.model.name}-{stamp}"
+def keep_choices(saved: Config, new: Config, selected: dict[str, str], where: Path) -> None:
+    """A resumed run keeps its experiment, model and data (group choices and settings): the
+    checkpoint's network and data position need them. ConfigError naming the first change."""
+    chosen = {"experiment": saved.experiment, "model": saved.model.name, "data": saved.data.name}
+    for group, name in selected.items():
+        if name != chosen[group]:
+            raise ConfigError(
+                f"{group}={name!r} differs from the resumed run's {chosen[group]!r} ({where}); "
+                f"a resumed run keeps its {group}: leave {group}= out"
+            )
+    for section in ("model", "data"):
+        old = dataclasses.asdict(getattr(saved, section))
+        now = dataclasses.asdict(getattr(new, section))
+        for key in old:
+            if old[key] != now[key]:
+                raise ConfigError(
+                    f"{section}.{key}={now[key]!r} differs from the resumed run's "
+                    f"{old[key]!r} ({where}); a resumed run keeps its model and data settings"
+                )
 
 
 def run_folder(config: Config) -> Path:
@@ -201,7 +190,7 @@ def differences(saved: Config, new: Config) -> dict[str, tuple[Any, Any]]:
         return {prefix[:-1]: value}
 
     ignored = {"resume", "run_name", "out_dir"}
-    if saved.model.name == "lstm" and saved.model.match_parameters:
+    if saved.model.cell == "lstm" and saved.model.match_parameters:
         ignored.add("model.hidden_size")
     a, b = flat(dataclasses.asdict(saved)), flat(dataclasses.asdict(new))
     keys = [k for k in a if k not in ignored and a[k] != b.get(k)]

@@ -15,6 +15,7 @@ from typing import Any
 import lightning as L
 import torch
 
+from datamodules.base import DataSetModule
 from hmrnn.config import Config
 from hmrnn.evaluate import boundary_report, run_split
 from hmrnn.lit.module import LitCharLM
@@ -53,7 +54,7 @@ def scalar_metrics(trainer: L.Trainer) -> dict[str, float]:
 def summarise(
     config: Config,
     module: LitCharLM,
-    dm: Any,
+    dm: DataSetModule,
     trainer: L.Trainer,
     parts: dict[str, Any],
     metrics: dict[str, float],
@@ -81,13 +82,14 @@ def summarise(
         "hardware": hardware(),
         "config": dataclasses.asdict(config),
     }
-    if hasattr(dm, "reference_rates"):
-        results["reference_rates"] = dm.reference_rates()
+    rates = dm.reference_rates()
+    if rates:
+        results["reference_rates"] = rates
     counts = update_counts(metrics, config.model.num_layers)
     if counts is not None:
         results["update_counts"] = counts
-    truth = dm.boundaries("test") if hasattr(dm, "boundaries") else {}
-    if truth and config.test and config.model.cell == "hmlstm":
+    truth = dm.boundaries("test")
+    if truth and config.test and config.model.spec.hierarchical:
         # as many batches as the test ran (trainer.limit_test_batches)
         tested = [int(n) for n in trainer.num_test_batches if math.isfinite(n)]
         bpc, bounds, seen = run_split(module.model, dm, "test", tested[0] if tested else None)

@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from hmrnn.core.boundary import boundary, hard_sigmoid
+from hmrnn.registry import UnknownChoice
 
 
 def test_hard_sigmoid_values() -> None:
@@ -55,5 +56,5 @@ def test_soft_is_the_hard_sigmoid_and_passes_gradcheck() -> None:
 
 
 def test_unknown_variant_is_rejected() -> None:
-    with pytest.raises(ValueError, match="boundary must be one of"):
+    with pytest.raises(UnknownChoice, match=r"model.boundary='gumbel' is not a valid choice"):
         boundary(torch.zeros(3), torch.tensor(1.0), "gumbel", training=True)

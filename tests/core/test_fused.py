@@ -7,6 +7,8 @@ ops fail, the gradient of the initial boundary state, and the weight cache of ev
 
 from __future__ import annotations
 
+import copy
+import io
 import itertools
 
 import pytest
@@ -59,7 +61,7 @@ def test_onednn_float32_equals_autograd_path(boundary, grad_through_ops, top_lay
         grad_through_ops=grad_through_ops,
         top_layer_boundary=top_layer_boundary,
     )
-    step = fused.StepMatmul(rnn._step_weight(1), B)
+    step = fused.StepMatmul(rnn.step_weight(1), B)
     assert step.onednn, "this machine's torch should have oneDNN: the test must use it"
     for boundaries in (None, torch.randint(0, 2, (T, B, 3)).float()):
         got, got_grads = outputs_and_grads(rnn, True, boundaries)
@@ -98,11 +100,11 @@ def test_falls_back_to_torch_gemm_when_the_private_ops_fail(monkeypatch) -> None
         raise RuntimeError("no such op in this torch build")
 
     monkeypatch.setattr(torch.ops.mkldnn, "_reorder_linear_weight", broken)
-    monkeypatch.setattr(fused, "USE_ONEDNN", True)  # restored after the test
-    step = fused.StepMatmul(rnn._step_weight(1), B)
+    monkeypatch.setattr(fused.weights, "USE_ONEDNN", True)  # restored after the test
+    step = fused.StepMatmul(rnn.step_weight(1), B)
     x = torch.randn(B, step.wt.size(0))
     torch.testing.assert_close(step.forward(x), x @ step.wt)
-    assert not step.onednn and not fused.USE_ONEDNN
+    assert not step.onednn and not fused.weights.USE_ONEDNN
     got, got_grads = outputs_and_grads(rnn, True)
     for a, b in zip(got, want, strict=True):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
@@ -125,6 +127,21 @@ def test_evaluation_cache_follows_weight_updates() -> None:
     torch.testing.assert_close(second, want, rtol=1e-4, atol=1e-5)
 
 
+def test_module_copies_and_saves_after_an_evaluation_pass() -> None:
+    """The cache of packed weights is derived data: a copy carries none (oneDNN's packed tensors
+    cannot be copied or pickled) and builds its own."""
+    rnn = make().eval()
+    x = torch.randn(T, B, H_IN)
+    with torch.no_grad():
+        want = rnn(x)[0]  # fills rnn.fused_weights
+    buffer = io.BytesIO()
+    torch.save(rnn, buffer)
+    buffer.seek(0)
+    for other in (copy.deepcopy(rnn), torch.load(buffer, weights_only=False)):
+        with torch.no_grad():
+            assert torch.equal(other(x)[0], want)
+
+
 def test_backward_runs_twice_with_retain_graph() -> None:
     rnn = make(dtype=torch.float64)
     x = torch.randn(T, B, H_IN, dtype=torch.float64)
@@ -144,7 +161,7 @@ def test_training_with_imposed_boundaries_skips_copy_rows_exactly(
 ) -> None:
     """Imposed boundaries (fixed-boundary ablation): COPY rows are left out of the forward and
     backward multiplies; outputs and every gradient equal the dense loop's."""
-    monkeypatch.setattr(fused, "SPARSE_MIN_WEIGHT", 0)  # skip at this tiny size too
+    monkeypatch.setattr(fused.loop, "SPARSE_MIN_WEIGHT", 0)  # skip at this tiny size too
     rnn = make(
         4,
         dtype=torch.float64,
@@ -171,15 +188,15 @@ def test_training_with_imposed_boundaries_skips_copy_rows_exactly(
     # the comparison means something only if steps were skipped
     rnn.zero_grad()
     x = torch.randn(T, B, H_IN, dtype=torch.float64)
-    spec = fused.Spec(rnn, True)
-    *_, weights, biases = fused._loop_weights(rnn, x.device)
+    spec = fused.LoopSpec.of(rnn, training=True)
+    weights = fused.loop_weights(rnn, x.device)
     loop = fused.Loop(
         spec,
-        torch.randn(T, B, weights[0].size(1), dtype=torch.float64),
-        *rnn.zero_state(B, x),
+        weights.bottom_up(x),
+        rnn.zero_state(B, x),
         imposed,
-        [fused.StepMatmul(w, B) for w in weights],
-        biases,
+        [fused.StepMatmul(w, B) for w in weights.step_weights],
+        weights.biases,
         keep=True,
     )
     with torch.no_grad():  # as inside the autograd Function

@@ -279,7 +279,7 @@ def test_slope_is_a_persistent_buffer() -> None:
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
-        ({"boundary": "gumbel"}, "boundary must be one of"),
+        ({"boundary": "gumbel"}, r"model.boundary='gumbel' is not a valid choice"),
         ({"num_layers": 0}, "num_layers must be an integer >= 1"),
         ({"hidden_size": 0}, "hidden_size must be a positive integer"),
     ],

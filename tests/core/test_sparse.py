@@ -43,7 +43,7 @@ def test_skipping_equals_dense(
         used["skip"] += 1
         return skip(self, *args)
 
-    monkeypatch.setattr(fused, "SPARSE_MIN_WEIGHT", 0)  # skip at this tiny size too
+    monkeypatch.setattr(fused.loop, "SPARSE_MIN_WEIGHT", 0)  # skip at this tiny size too
     monkeypatch.setattr(fused.Loop, "sparse_inputs", counted_split)
     monkeypatch.setattr(fused.Loop, "skipping_cell", counted_skip)
     torch.manual_seed(0)
@@ -82,7 +82,7 @@ def test_skipping_equals_dense(
 
 
 def test_bernoulli_training_without_autograd_draws_like_the_dense_path(monkeypatch) -> None:
-    monkeypatch.setattr(fused, "SPARSE_MIN_WEIGHT", 0)
+    monkeypatch.setattr(fused.loop, "SPARSE_MIN_WEIGHT", 0)
     torch.manual_seed(0)
     rnn = HMLSTM(H_IN, H, 3, boundary="bernoulli").double().train()
     x = torch.randn(T, B, H_IN).double()

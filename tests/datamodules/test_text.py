@@ -138,7 +138,7 @@ def test_cache_is_reused_and_rebuilt_when_the_source_changes(tmp_path, monkeypat
         Text8DataModule, "encode", lambda self, s: calls.append(1) or encode(self, s)
     )
     dm = Text8DataModule(config(tmp_path, source.parent), progress=False)
-    assert dm.cache_is_valid()
+    assert dm.cache.is_valid()
     dm.load()
     assert calls == []  # read from the cache
     os.utime(source, ns=(1, 10**18))  # only the mtime moves: the digest shows it is the same
@@ -147,7 +147,7 @@ def test_cache_is_reused_and_rebuilt_when_the_source_changes(tmp_path, monkeypat
     text = source.read_text()
     source.write_text("zz" + text[2:])  # same size, new content
     dm = Text8DataModule(config(tmp_path, source.parent), progress=False)
-    assert not dm.cache_is_valid()
+    assert not dm.cache.is_valid()
     tokens, _ = dm.load()
     assert calls == [1] and vocab.decode(tokens["train"][:2]) == "zz"
 

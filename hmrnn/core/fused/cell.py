@@ -1,0 +1,215 @@
+"""One cell of the hand-written loop, forward and backward, on preallocated buffers (model.md §1).
+
+Gate columns are in the loop's order i, f, o, g, z with the g columns doubled
+(:mod:`hmrnn.core.fused.weights`). The COPY / UPDATE / FLUSH masks are those of
+:mod:`hmrnn.core.hmlstm`: flush = z_{t-1}, update = (1 - flush) z_in, copy = (1 - flush)(1 - z_in).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import torch
+from torch import Tensor
+
+from hmrnn.core.boundary import BoundaryEstimator
+
+if TYPE_CHECKING:
+    from hmrnn.core.hmlstm import HMLSTM
+
+CellBuffers = tuple[Tensor, Tensor, Tensor, Tensor]
+"""Where a cell writes, each (M, ...): its gates (M, G: i, f, o, g activated, then the raw s_z),
+c_t, tanh(c_t) and h_t (M, H)."""
+
+
+@dataclass(frozen=True)
+class LoopSpec:
+    """What the loop needs to know about the module (plain values, no parameters)."""
+
+    K: int
+    H: int
+    detector: tuple[bool, ...]  # per layer: computes a boundary z
+    top_down: tuple[bool, ...]  # per layer: reads the layer above
+    estimator: BoundaryEstimator
+    training: bool
+    grad_through_ops: bool
+    slope: float
+    skip_copy: bool  # COPY rows may be left out (see Loop.sparse_allowed)
+
+    @classmethod
+    def of(cls, rnn: HMLSTM, training: bool, device: torch.device | None = None) -> LoopSpec:
+        """``rnn``'s settings; its estimator is looked up once, here."""
+        K = rnn.num_layers
+        estimator = rnn.estimator
+        # row counts would synchronise a GPU at every step; random draws must match the dense
+        # path's, which draws for every row at once
+        skip_copy = (
+            rnn.skip_copy
+            and (device is None or device.type == "cpu")
+            and not estimator.is_random(training)
+        )
+        return cls(
+            K=K,
+            H=rnn.hidden_size,
+            detector=tuple(rnn.has_detector(l) for l in range(K)),
+            top_down=tuple(rnn.has_top_down(l) for l in range(K)),
+            estimator=estimator,
+            training=training,
+            grad_through_ops=rnn.grad_through_ops,
+            slope=float(rnn.slope),
+            skip_copy=skip_copy,
+        )
+
+
+def masks(flush: Tensor | None, z_in: Tensor) -> tuple[Tensor, Tensor]:
+    """(update, copy), each (B, 1), for a layer above the first."""
+    if flush is None:
+        return z_in, 1.0 - z_in
+    keep = 1.0 - flush
+    return keep * z_in, keep * (1.0 - z_in)
+
+
+def cell_forward(
+    spec: LoopSpec,
+    l: int,
+    s: Tensor,
+    c_prev: Tensor,
+    h_prev: Tensor,
+    flush: Tensor | None,
+    z_in: Tensor | None,
+    out: CellBuffers,
+) -> Tensor | None:
+    """One cell of layer l from its pre-activation s (M, G): writes ``out`` and returns z_t
+    (M, 1), or None without a detector. ``flush`` is z_{t-1} (None without a detector), ``z_in``
+    the layer below's z_t (None for layer 0)."""
+    H = spec.H
+    gates, c_new, tc, h_new = out
+    i, f, o, g = (gates[:, j * H : (j + 1) * H] for j in range(4))
+    torch.sigmoid(s[:, : 4 * H], out=gates[:, : 4 * H])
+    g.mul_(2.0).sub_(1.0)  # tanh of the unscaled s_g (the g columns are doubled)
+    z_new = None
+    if spec.detector[l]:
+        gates[:, 4 * H :].copy_(s[:, 4 * H :])
+        z_new = spec.estimator.sample(s[:, 4 * H :], spec.slope, spec.training)
+    ig = i * g
+    if z_in is None:  # layer 0 never copies; FLUSH drops f * c_{t-1}
+        fc = f * c_prev
+        if flush is not None:
+            fc.mul_(1.0 - flush)
+        torch.add(fc, ig, out=c_new)
+        torch.tanh(c_new, out=tc)
+        torch.mul(o, tc, out=h_new)
+    else:
+        update, copy = masks(flush, z_in)
+        act = 1.0 - copy
+        torch.addcmul(torch.addcmul(copy * c_prev, update, f * c_prev), act, ig, out=c_new)
+        torch.tanh(c_new, out=tc)
+        torch.addcmul(copy * h_prev, act, o * tc, out=h_new)
+    return z_new
+
+
+CellGrads = tuple[Tensor, Tensor | None, Tensor | None, Tensor | None]
+"""What :func:`cell_backward` returns: d c_{t-1}; the part of d h_{t-1} that bypasses the
+multiply (COPY rows), None for layer 0; d z_in and d flush (M, 1), None unless the gradient flows
+through the operation masks."""
+
+
+def cell_backward(
+    spec: LoopSpec,
+    gates: Tensor,
+    tc: Tensor,
+    c_prev: Tensor,
+    h_prev: Tensor,
+    flush: Tensor | None,
+    z_in: Tensor | None,
+    g_h: Tensor,
+    g_c: Tensor,
+    ds: Tensor,
+) -> CellGrads:
+    """Backward of one cell's gates: fills the gate columns of ``ds`` (M, G), d loss / d s, from
+    d h_t and d c_t (``g_h``, ``g_c``); the z column is :func:`boundary_backward`'s."""
+    if z_in is None:
+        return _first_layer_backward(spec, gates, tc, c_prev, flush, g_h, g_c, ds)
+    return _upper_layer_backward(spec, gates, tc, c_prev, h_prev, flush, z_in, g_h, g_c, ds)
+
+
+def _first_layer_backward(
+    spec: LoopSpec,
+    gates: Tensor,
+    tc: Tensor,
+    c_prev: Tensor,
+    flush: Tensor | None,
+    g_h: Tensor,
+    g_c: Tensor,
+    ds: Tensor,
+) -> CellGrads:
+    """h = o tanh(c), c = (1 - flush) f c_prev + i g."""
+    H = spec.H
+    i, f, o, g = (gates[:, j * H : (j + 1) * H] for j in range(4))
+    d_i, d_f, d_o, d_g = (ds[:, j * H : (j + 1) * H] for j in range(4))
+    g_flush = None
+    torch.mul(g_h * tc, o * (1.0 - o), out=d_o)
+    g_ct = torch.addcmul(g_c, g_h * o, 1.0 - tc * tc)
+    keep = f if flush is None else f * (1.0 - flush)
+    g_c_prev = g_ct * keep
+    if flush is not None and spec.grad_through_ops:
+        g_flush = -(g_ct * f * c_prev).sum(1, keepdim=True)
+    g_keep = g_ct * c_prev
+    if flush is not None:
+        g_keep = g_keep * (1.0 - flush)
+    torch.mul(g_keep, f * (1.0 - f), out=d_f)
+    torch.mul(g_ct * g, i * (1.0 - i), out=d_i)
+    torch.mul(g_ct * i, (1.0 - g * g) * 0.5, out=d_g)  # d g / d (2 s_g)
+    return g_c_prev, None, None, g_flush
+
+
+def _upper_layer_backward(
+    spec: LoopSpec,
+    gates: Tensor,
+    tc: Tensor,
+    c_prev: Tensor,
+    h_prev: Tensor,
+    flush: Tensor | None,
+    z_in: Tensor,
+    g_h: Tensor,
+    g_c: Tensor,
+    ds: Tensor,
+) -> CellGrads:
+    """h = copy h_prev + act o tanh(c), c = (update f + copy) c_prev + act i g."""
+    H = spec.H
+    i, f, o, g = (gates[:, j * H : (j + 1) * H] for j in range(4))
+    d_i, d_f, d_o, d_g = (ds[:, j * H : (j + 1) * H] for j in range(4))
+    g_zin = g_flush = None
+    update, copy = masks(flush, z_in)
+    act = 1.0 - copy
+    g_act_h = g_h * act
+    torch.mul(g_act_h * tc, o * (1.0 - o), out=d_o)
+    g_ct = torch.addcmul(g_c, g_act_h * o, 1.0 - tc * tc)
+    g_c_prev = g_ct * (update * f + copy)
+    torch.mul(g_ct * update * c_prev, f * (1.0 - f), out=d_f)
+    g_ct_act = g_ct * act
+    torch.mul(g_ct_act * g, i * (1.0 - i), out=d_i)
+    torch.mul(g_ct_act * i, (1.0 - g * g) * 0.5, out=d_g)
+    carry = copy * g_h
+    if spec.grad_through_ops:  # per row: d/d update, and d/d copy with act = 1 - copy folded in
+        g_update = (g_ct * f * c_prev).sum(1, keepdim=True)
+        g_copy = (g_h * (h_prev - o * tc) + g_ct * (c_prev - i * g)).sum(1, keepdim=True)
+        g_zin = g_update - g_copy
+        if flush is not None:
+            g_zin = g_zin * (1.0 - flush)
+            g_flush = -(g_update * z_in + g_copy * (1.0 - z_in))
+    return g_c_prev, carry, g_zin, g_flush
+
+
+def boundary_backward(
+    spec: LoopSpec, gates: Tensor, z: Tensor | None, g_z: Tensor | None, ds: Tensor
+) -> None:
+    """Fills the z column of ``ds`` (M, G) of a layer with a detector: the estimator's gradient
+    of z_t (``z``, (M, 1)) given d z_t (``g_z``); zero for imposed boundaries (``g_z`` None:
+    z does not depend on s)."""
+    H = spec.H
+    if g_z is None or z is None:
+        ds[:, 4 * H :].zero_()
+    else:
+        ds[:, 4 * H :] = spec.estimator.grad(gates[:, 4 * H :], spec.slope, z, g_z)

@@ -1,0 +1,273 @@
+"""The forward loop over T steps and K layers, and its skipping of COPY rows.
+
+Each step of each layer writes into preallocated buffers, one (steps, B, ...) tensor per layer and
+kind, with per-step views made once. With ``keep`` (autograd) they hold every step, for the
+backward of :mod:`hmrnn.core.fused.backward`; without, one step that the next overwrites (h_t is
+kept for every step: it is the output).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from hmrnn.core.fused.cell import LoopSpec, cell_forward, masks
+from hmrnn.core.fused.weights import StepMatmul
+
+SPARSE_MIN_WEIGHT = 400_000
+"""Rows are skipped only in layers whose step weight has at least this many entries (H = 256 and
+up): below it a step's multiply is so cheap that gathering and scattering rows costs more (at
+H = 128, batch 32, evaluation took 107 ms with skipping against 80 ms without)."""
+
+SPARSE_BELOW = 0.5
+"""A layer gathers its working (non-COPY) rows, or the rows of an open gate, when they are at
+most this fraction of the batch; above it, the dense step is cheaper than gather and scatter."""
+
+
+class Loop:
+    """The forward loop over T steps and K layers, optionally keeping what the backward needs.
+
+    Weights and biases are in the loop's gate order (:mod:`hmrnn.core.fused.weights`);
+    ``bottom_up`` is layer 0's W x_t + b for every step, (T, B, G_0), in the same order;
+    ``state`` is (h0, c0, z0), shapes (K, B, H), (K, B, H), (K, B); ``imposed`` (T, B, K) replaces
+    the detectors' z.
+
+    Buffers, per layer l (``steps`` = T with ``keep``, else 1; N the step weight's rows):
+        inputs[l]: (steps, B, N) the gated, concatenated inputs [h_{t-1}, z_{t-1} h_{t-1}^{l+1},
+            z_t^{l-1} h_t^{l-1}] of the step multiply.
+        gates[l]: (steps, B, G) i, f, o, g after their nonlinearity, then the raw s_z.
+        cells[l], tanh_cells[l]: (steps, B, H) c_t and tanh(c_t).
+        hidden[l]: (T, B, H) h_t, the output.
+        bounds: (T, K, B, 1) z_t as used.
+    ``inputs_t[l][t]`` (and ``gates_t``, ``cells_t``, ``tanh_cells_t``, ``hidden_t``) are their
+    per-step views; ``bounds_t[t][l]`` (B, 1).
+    """
+
+    def __init__(
+        self,
+        spec: LoopSpec,
+        bottom_up: Tensor,
+        state: tuple[Tensor, Tensor, Tensor],
+        imposed: Tensor | None,
+        matmuls: list[StepMatmul],
+        biases: list[Tensor],
+        keep: bool,
+    ) -> None:
+        self.spec = spec
+        self.h0, self.c0, self.z0 = state
+        self.imposed = imposed
+        self.keep = keep
+        self.T, self.B, _ = bottom_up.shape
+        self.matmuls = matmuls
+        self.biases: list[Tensor | None] = [None, *biases]  # layer 0's is in bottom_up
+        self._allocate(bottom_up)
+        self.bottom_up_t = bottom_up.unbind(0)
+        self.sparse_layer = [m.wt.numel() >= SPARSE_MIN_WEIGHT for m in matmuls]
+        self.worked: dict[tuple[int, int], Tensor] = {}  # (t, l) -> rows computed, if not all
+        K = spec.K
+        self.used: list[Tensor | None] = [None] * K  # (T, B) rows that enter the weight gradient
+
+    def _allocate(self, like: Tensor) -> None:
+        T, B, K, H = self.T, self.B, self.spec.K, self.spec.H
+        steps = T if self.keep else 1
+        new = lambda *shape: like.new_empty(steps, *shape)  # noqa: E731
+        self.inputs = [new(B, m.wt.size(0)) for m in self.matmuls]
+        self.gates = [new(B, m.wt.size(1)) for m in self.matmuls]
+        self.cells = [new(B, H) for _ in range(K)]
+        self.tanh_cells = [new(B, H) for _ in range(K)]
+        self.hidden = [like.new_empty(T, B, H) for _ in range(K)]
+        self.bounds = like.new_zeros(T, K, B, 1)
+        # per-step views, made once (indexing inside the loop costs microseconds per call)
+        self.inputs_t, self.gates_t, self.cells_t, self.tanh_cells_t, self.hidden_t = (
+            [b.unbind(0) for b in buffers]
+            for buffers in (self.inputs, self.gates, self.cells, self.tanh_cells, self.hidden)
+        )
+        self.bounds_t = [zt.unbind(0) for zt in self.bounds.unbind(0)]
+
+    def run(self) -> None:
+        """Every step of every layer; the last h, c, z go to ``h_last``, ``c_last``, ``z_last``."""
+        spec = self.spec
+        K = spec.K
+        h = list(self.h0.unbind(0))
+        c = list(self.c0.unbind(0))
+        z = [zl.unsqueeze(1) for zl in self.z0.unbind(0)]
+        for t in range(self.T):
+            for l in range(K):
+                h[l], c[l], z_new = self.cell(t, l, h, c, z)
+                if not spec.detector[l]:
+                    z_new = None
+                elif self.imposed is not None:
+                    z_new = self.imposed[t, :, l : l + 1]
+                if z_new is not None:
+                    self.bounds_t[t][l].copy_(z_new)
+                z[l] = self.bounds_t[t][l]
+        self.h_last, self.c_last, self.z_last = h, c, z
+
+    def outputs(self) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+        """output (T, B, K, H), h (K, B, H), c (K, B, H), z (K, B), boundaries (T, B, K)."""
+        output = torch.stack(self.hidden, dim=2)
+        h = torch.stack(self.h_last)
+        c = torch.stack(self.c_last)
+        z = torch.cat(self.z_last, dim=1).t().contiguous()
+        bounds = self.bounds.squeeze(-1).transpose(1, 2).contiguous()
+        return output, h, c, z, bounds
+
+    def sparse_allowed(self, t: int) -> bool:
+        """Whether step t may leave out the work of COPY rows (and of closed gates).
+
+        Without autograd always (but for random draws, :meth:`BoundaryEstimator.is_random`, which
+        must match the dense path exactly). With autograd only for imposed boundaries after the
+        first step: then nothing needs a COPY row's gates (z is given, so no gradient reaches the
+        masks; at t = 0 the initial state's z may still want one).
+        """
+        if not self.spec.skip_copy:
+            return False
+        return not self.keep or (self.imposed is not None and t > 0)
+
+    def cell(
+        self, t: int, l: int, h: list[Tensor], c: list[Tensor], z: list[Tensor]
+    ) -> tuple[Tensor, Tensor, Tensor | None]:
+        """Layer l at step t from the latest h, c, z (B, H), (B, H), (B, 1) of every layer
+        (layers below l already at step t): writes h_t and returns (h_t, c_t, z_t or None)."""
+        spec = self.spec
+        H = spec.H
+        k = t if self.keep else 0
+        z_prev, h_prev, c_prev = z[l], h[l], c[l]
+        flush = z_prev if spec.detector[l] else None
+        z_in = None if l == 0 else z[l - 1]
+        above = h[l + 1] if spec.top_down[l] else None
+        below = None if l == 0 else h[l - 1]
+
+        sparse = self.sparse_layer[l] and self.sparse_allowed(t)
+        if sparse and z_in is not None:
+            copy = masks(flush, z_in)[1].squeeze(1) == 1.0
+            working = int(copy.numel() - copy.sum())
+            if working <= SPARSE_BELOW * copy.numel():
+                return self.skipping_cell(t, l, h, c, z, copy)
+        s = None
+        if sparse and not self.keep:
+            s = self.sparse_inputs(t, l, h_prev, z_prev, above, below, z_in)
+        if s is None:  # one multiply over the gated, concatenated inputs
+            X = self.inputs_t[l][k]
+            X[:, :H].copy_(h_prev)
+            col = H
+            if above is not None:
+                torch.mul(above, z_prev, out=X[:, H : 2 * H])
+                col = 2 * H
+            if below is not None:
+                torch.mul(below, z_in, out=X[:, col : col + H])
+            if l == 0:
+                s = self.matmuls[0].forward(X, add=self.bottom_up_t[t])
+            else:
+                s = self.matmuls[l].forward(X, self.biases[l])
+        out = (self.gates_t[l][k], self.cells_t[l][k], self.tanh_cells_t[l][k], self.hidden_t[l][t])
+        z_new = cell_forward(spec, l, s, c_prev, h_prev, flush, z_in, out)
+        return out[3], out[1], z_new
+
+    def sparse_inputs(
+        self,
+        t: int,
+        l: int,
+        h_prev: Tensor,
+        z_prev: Tensor,
+        above: Tensor | None,
+        below: Tensor | None,
+        z_in: Tensor | None,
+    ) -> Tensor | None:
+        """Without autograd: s with the gated top-down and bottom-up blocks multiplied only for
+        the rows whose gate is open, or None when every gate is open on most rows (then one
+        multiply over the concatenated inputs is faster)."""
+        H, B = self.spec.H, h_prev.size(0)
+        gated = []  # (block, input, gate, open rows)
+        if above is not None:
+            gated.append((1, above, z_prev, (z_prev != 0).squeeze(1)))
+        if below is not None:
+            gated.append((len(gated) + 1, below, z_in, (z_in != 0).squeeze(1)))
+        counts = [int(o.sum()) for *_, o in gated]
+        if all(n > SPARSE_BELOW * B for n in counts):
+            return None
+        mm = self.matmuls[l]
+        add = self.bottom_up_t[t] if l == 0 else None
+        s = mm.block(0, H).forward(h_prev, self.biases[l], add=add)
+        for (k, x, gate, is_open), n in zip(gated, counts, strict=True):
+            if n > SPARSE_BELOW * B:
+                s = s + mm.block(k, H).forward(x * gate)
+            elif n:
+                rows = is_open.nonzero().squeeze(1)
+                part = x.index_select(0, rows) * gate.index_select(0, rows)
+                s.index_add_(0, rows, mm.block(k, H).forward(part))
+        return s
+
+    def skipping_cell(
+        self, t: int, l: int, h: list[Tensor], c: list[Tensor], z: list[Tensor], copy: Tensor
+    ) -> tuple[Tensor, Tensor, Tensor | None]:
+        """:meth:`cell` for the rows that do not COPY only (layers above the first); ``copy``
+        (B,) marks the COPY rows.
+
+        A COPY row keeps h and c; without imposed boundaries its z is new, from
+        s_z = U_z h_{t-1} + b_z (both gated inputs are off), a matrix-vector product.
+        Equal to the dense cell up to rounding.
+        """
+        spec = self.spec
+        k = t if self.keep else 0
+        h_prev, c_prev = h[l], c[l]
+        rows = (~copy).nonzero().squeeze(1)
+        h_new, c_new = self.hidden_t[l][t], self.cells_t[l][k]
+        h_new.copy_(h_prev)
+        c_new.copy_(c_prev)
+        z_new = None
+        if spec.detector[l] and self.imposed is None:
+            z_new = h_prev.new_empty(h_prev.size(0), 1)
+        if self.keep:
+            self.worked[(t, l)] = rows
+            if self.used[l] is None:
+                self.used[l] = torch.ones(self.T, self.B, dtype=torch.bool, device=copy.device)
+            self.used[l][t] = ~copy
+        if rows.numel():
+            self._working_rows(t, l, rows, h, c, z, z_new)
+        still = copy.nonzero().squeeze(1)
+        if z_new is not None and still.numel():
+            self._copy_rows_boundary(l, still, h_prev, z_new)
+        return h_new, c_new, z_new
+
+    def _working_rows(
+        self,
+        t: int,
+        l: int,
+        rows: Tensor,
+        h: list[Tensor],
+        c: list[Tensor],
+        z: list[Tensor],
+        z_new: Tensor | None,
+    ) -> None:
+        """The rows ``rows`` of :meth:`skipping_cell` that do not COPY: gathered, one cell, and
+        scattered into h_t, c_t, ``z_new`` (and, with ``keep``, into the backward's buffers)."""
+        spec = self.spec
+        k = t if self.keep else 0
+        pick = lambda x: x.index_select(0, rows)  # noqa: E731
+        h_w, c_w, z_w, zin_w = pick(h[l]), pick(c[l]), pick(z[l]), pick(z[l - 1])
+        parts = [h_w]
+        if spec.top_down[l]:
+            parts.append(pick(h[l + 1]) * z_w)
+        parts.append(pick(h[l - 1]) * zin_w)
+        X = torch.cat(parts, dim=1)
+        s = self.matmuls[l].forward(X, self.biases[l])
+        out = (torch.empty_like(s), *(torch.empty_like(c_w) for _ in range(3)))
+        flush = z_w if spec.detector[l] else None
+        z_rows = cell_forward(spec, l, s, c_w, h_w, flush, zin_w, out)
+        gates, c_rows, tc_rows, h_rows = out
+        self.hidden_t[l][t].index_copy_(0, rows, h_rows)
+        self.cells_t[l][k].index_copy_(0, rows, c_rows)
+        if z_new is not None:
+            z_new.index_copy_(0, rows, z_rows)
+        if self.keep:
+            self.inputs_t[l][t].index_copy_(0, rows, X)
+            self.gates_t[l][t].index_copy_(0, rows, gates)
+            self.tanh_cells_t[l][t].index_copy_(0, rows, tc_rows)
+
+    def _copy_rows_boundary(self, l: int, still: Tensor, h_prev: Tensor, z_new: Tensor) -> None:
+        """z_t of the COPY rows ``still`` into ``z_new``: s_z = U_z h_{t-1} + b_z alone."""
+        spec, H = self.spec, self.spec.H
+        wt, bias = self.matmuls[l].wt, self.biases[l]
+        s_z = torch.addmm(bias[4 * H :], h_prev.index_select(0, still), wt[:H, 4 * H :])
+        z_new.index_copy_(0, still, spec.estimator.sample(s_z, spec.slope, spec.training))
