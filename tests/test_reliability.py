@@ -227,7 +227,7 @@ def test_the_run_stops_before_the_disk_is_full(
     ahead; it saves once more when that still fits."""
     import shutil
 
-    from hmrnn.lit import callbacks
+    from hmrnn.lit import callbacks, resume
 
     real = shutil.disk_usage
     state = {"step": 0}
@@ -242,7 +242,7 @@ def test_the_run_stops_before_the_disk_is_full(
             return usage
         return usage._replace(free=int(free_mb * 2**20))
 
-    monkeypatch.setattr(callbacks.shutil, "disk_usage", disk_usage)
+    monkeypatch.setattr(resume.shutil, "disk_usage", disk_usage)
     original = job.build_trainer
 
     def with_step(config, run_dir):

@@ -20,7 +20,7 @@ which is the product form ``flush*(i*g) + update*(f*c + i*g) + copy*c`` rearrang
 
 Without layer norm :meth:`HMLSTM.forward` runs the same equations through the hand-written loop
 of :mod:`hmrnn.core.fused` (its own backward through time, COPY skipping); the autograd
-implementation in this module serves layer norm and ``HMLSTM.fused = False``.
+implementation of :mod:`hmrnn.core.autograd_step` serves layer norm and ``HMLSTM.fused = False``.
 """
 
 from __future__ import annotations
@@ -28,30 +28,14 @@ from __future__ import annotations
 from typing import NamedTuple
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
-from hmrnn.core.boundary import BoundaryEstimator, boundary
+from hmrnn.core.autograd_step import LN_EPS as LN_EPS  # re-exported: imported from here
+from hmrnn.core.autograd_step import autograd_forward
+from hmrnn.core.autograd_step import layer_norm as layer_norm  # re-exported
+from hmrnn.core.boundary import BoundaryEstimator
 from hmrnn.core.fused import WeightCache, fused_forward
 from hmrnn.registry import ESTIMATORS
-
-LN_EPS = 1e-5
-
-
-def layer_norm(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
-    """Layer norm over the last dimension that maps an all-zero row to zero with zero gradient.
-
-    An all-zero row is an input that is absent, not small: the projection of the all-zero initial
-    state (or of a layer that has not updated since), or a cell that has never been written. Plain
-    layer norm maps it to zero too, but its derivative there is ``weight / sqrt(eps)`` (316x at
-    eps = 1e-5); through the mask products such rows turned that into gradients 1e5-1e6 times
-    larger than without layer norm at initialisation. Rows with any non-zero entry are untouched.
-
-    Shape: x (..., N); weight and bias (N,).
-    """
-    out = F.layer_norm(x, (x.size(-1),), weight, bias, LN_EPS)
-    present = (x != 0).any(dim=-1, keepdim=True)
-    return out * present if bias is None else torch.where(present, out, bias)
 
 
 class HMLSTMState(NamedTuple):
@@ -274,51 +258,10 @@ class HMLSTM(nn.Module):
         if self.fused and not self.layer_norm:
             output, h_n, c_n, z_n, bounds = fused_forward(self, input, state, boundaries)
         else:
-            output, h_n, c_n, z_n, bounds = self._autograd_forward(input, state, boundaries)
+            output, h_n, c_n, z_n, bounds = autograd_forward(self, input, state, boundaries)
         if self.batch_first:
             output, bounds = output.transpose(0, 1), bounds.transpose(0, 1)
         return output, HMLSTMState(h_n, c_n, z_n), bounds
-
-    def _autograd_forward(
-        self, input: Tensor, state: HMLSTMState, boundaries: Tensor | None
-    ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
-        """:meth:`forward` built from autograd operations, time-major, as
-        :func:`hmrnn.core.fused.fused_forward`: output (T, B, K, H), h and c (K, B, H),
-        z (K, B), boundaries (T, B, K)."""
-        T, B, _ = input.shape
-        K, H = self.num_layers, self.hidden_size
-        h = list(state.h.unbind(0))  # per layer (B, H)
-        c = list(state.c.unbind(0))
-        z = [zl.unsqueeze(1) for zl in state.z.unbind(0)]  # per layer (B, 1)
-        imposed = None
-        if boundaries is not None:
-            imposed = boundaries.to(input.dtype).unsqueeze(-1).unbind(0)  # T x (B, K, 1)
-        weights = [self.step_weight(l) for l in range(K)]
-        estimator = self.estimator
-        bottom_up = self._input_projection(input)  # T x (B, G_0), bias included
-        zero = input.new_zeros(B, 1)
-
-        outs: list[Tensor] = []
-        zs: list[Tensor] = []
-        for t in range(T):
-            for l in range(K):
-                below = bottom_up[t] if l == 0 else h[l - 1]
-                z_below = None if l == 0 else z[l - 1]
-                above = h[l + 1] if self.has_top_down(l) else None
-                h[l], c[l], z_new = self._cell(
-                    l, weights[l], h[l], c[l], z[l], above, below, z_below, estimator
-                )
-                if not self.has_detector(l):
-                    z_new = zero
-                elif imposed is not None:
-                    z_new = imposed[t][:, l]
-                z[l] = z_new
-                outs.append(h[l])
-                zs.append(z_new)
-
-        output = torch.stack(outs).view(T, K, B, H).transpose(1, 2)
-        bounds = torch.stack(zs).view(T, K, B).transpose(1, 2)
-        return output, torch.stack(h), torch.stack(c), torch.cat(z, dim=1).t(), bounds
 
     def step(
         self,
@@ -353,98 +296,6 @@ class HMLSTM(nn.Module):
         if self.layer_norm:
             return torch.stack(blocks).transpose(1, 2)
         return torch.cat(blocks, dim=1).t()
-
-    def _input_projection(self, input: Tensor) -> tuple[Tensor, ...]:
-        """Layer 0's bottom-up term W x_t + b for all steps in one multiply: T x (B, G_0)."""
-        T, B, _ = input.shape
-        weight, bias = self.param("weight_ih", 0), self.param("bias", 0)
-        if self.layer_norm:
-            proj = layer_norm(input.reshape(T * B, -1) @ weight.t(), self.param("ln_ih", 0)) + bias
-        else:
-            proj = torch.addmm(bias, input.reshape(T * B, -1), weight.t())
-        return proj.view(T, B, -1).unbind(0)
-
-    def _cell(
-        self,
-        l: int,
-        weight: Tensor,
-        h_prev: Tensor,
-        c_prev: Tensor,
-        z_prev: Tensor,
-        above: Tensor | None,
-        below: Tensor,
-        z_below: Tensor | None,
-        estimator: BoundaryEstimator,
-    ) -> tuple[Tensor, Tensor, Tensor]:
-        """One step of layer l: returns h_t, c_t (B, H) and the detector's z_t (B, 1).
-
-        ``below`` is the bottom-up input h_t^{l-1} (for layer 0 the precomputed W x_t + b);
-        ``z_below`` is None for layer 0 (z^0 = 1); ``estimator`` is :attr:`estimator`, looked up
-        once per forward.
-        """
-        H = self.hidden_size
-        s = self._preactivation(l, weight, h_prev, z_prev, above, below, z_below)  # (B, G)
-        i = torch.sigmoid(s[:, :H])
-        f = torch.sigmoid(s[:, H : 2 * H])
-        g = torch.tanh(s[:, 2 * H : 3 * H])
-        o = torch.sigmoid(s[:, 3 * H : 4 * H])
-        z_new = None
-        if self.has_detector(l):
-            z_new = boundary(s[:, 4 * H :], self.slope, estimator, self.training)
-
-        flush = z_prev if self.has_detector(l) else None
-        if flush is not None and not self.grad_through_ops:
-            flush = flush.detach()
-        z_in = z_below
-        if z_in is not None and not self.grad_through_ops:
-            z_in = z_in.detach()
-
-        if z_in is None:  # layer 0: z^0 = 1, so never COPY; UPDATE keeps f * c, FLUSH drops it
-            keep = f if flush is None else (1.0 - flush) * f
-            c = torch.addcmul(keep * c_prev, i, g)
-            return o * torch.tanh(self._norm_c(l, c)), c, z_new
-        update = z_in if flush is None else (1.0 - flush) * z_in
-        copy = 1.0 - z_in if flush is None else (1.0 - flush) * (1.0 - z_in)
-        act = 1.0 - copy  # flush + update
-        c = torch.addcmul((update * f + copy) * c_prev, act, i * g)
-        h = torch.addcmul(copy * h_prev, act, o * torch.tanh(self._norm_c(l, c)))
-        return h, c, z_new
-
-    def _preactivation(
-        self,
-        l: int,
-        weight: Tensor,
-        h_prev: Tensor,
-        z_prev: Tensor,
-        above: Tensor | None,
-        below: Tensor,
-        z_below: Tensor | None,
-    ) -> Tensor:
-        """s_t^l (B, G): one (batched) multiply over the gated inputs."""
-        inputs = [h_prev]
-        gates: list[Tensor | None] = [None]
-        if above is not None:
-            inputs.append(above)
-            gates.append(z_prev)
-        if l > 0:
-            inputs.append(below)
-            gates.append(z_below)
-        if not self.layer_norm:
-            gated = [x if zg is None else zg * x for x, zg in zip(inputs, gates, strict=True)]
-            base = below if l == 0 else self.param("bias", l)
-            return torch.addmm(base, torch.cat(gated, dim=1), weight)
-        proj = torch.bmm(torch.stack(inputs), weight)  # (n, B, G)
-        names = ["hh", "td"][: 1 + int(above is not None)] + (["ih"] if l > 0 else [])
-        s = below if l == 0 else self.param("bias", l)
-        for k, (name, zg) in enumerate(zip(names, gates, strict=True)):
-            normed = layer_norm(proj[k], self.param(f"ln_{name}", l))
-            s = s + (normed if zg is None else zg * normed)
-        return s
-
-    def _norm_c(self, l: int, c: Tensor) -> Tensor:
-        if not self.layer_norm:
-            return c
-        return layer_norm(c, self.param("ln_c_weight", l), self.param("ln_c_bias", l))
 
 
 def count_parameters(module: nn.Module) -> int:

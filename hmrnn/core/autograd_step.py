@@ -1,0 +1,185 @@
+"""The HM-LSTM's forward pass built from autograd operations (model.md §§1, 2, 4).
+
+:meth:`hmrnn.core.hmlstm.HMLSTM.forward` runs it with layer norm, and without layer norm when
+``HMLSTM.fused = False``; otherwise the hand-written loop of :mod:`hmrnn.core.fused` computes the
+same equations. One step of layer l computes one joint pre-activation
+
+    s = U h_{t-1}^l + z_{t-1}^l * V h_{t-1}^{l+1} + z_t^{l-1} * W h_t^{l-1} + b      # (B, 4H+1)
+
+with a single multiply over the gated, concatenated inputs (with layer norm the three projections
+are normalised separately, so they run as one batched multiply instead). Layer 0's bottom-up
+projection ``W x_t`` is computed for the whole sequence in one multiply.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from hmrnn.core.boundary import BoundaryEstimator, boundary
+
+if TYPE_CHECKING:
+    from hmrnn.core.hmlstm import HMLSTM, HMLSTMState
+
+LN_EPS = 1e-5
+
+
+def layer_norm(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
+    """Layer norm over the last dimension that maps an all-zero row to zero with zero gradient.
+
+    An all-zero row is an input that is absent, not small: the projection of the all-zero initial
+    state (or of a layer that has not updated since), or a cell that has never been written. Plain
+    layer norm maps it to zero too, but its derivative there is ``weight / sqrt(eps)`` (316x at
+    eps = 1e-5); through the mask products such rows turned that into gradients 1e5-1e6 times
+    larger than without layer norm at initialisation. Rows with any non-zero entry are untouched.
+
+    Shape: x (..., N); weight and bias (N,).
+    """
+    out = F.layer_norm(x, (x.size(-1),), weight, bias, LN_EPS)
+    present = (x != 0).any(dim=-1, keepdim=True)
+    return out * present if bias is None else torch.where(present, out, bias)
+
+
+def autograd_forward(
+    rnn: HMLSTM, input: Tensor, state: HMLSTMState, boundaries: Tensor | None
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """:meth:`HMLSTM.forward` built from autograd operations, time-major, as
+    :func:`hmrnn.core.fused.fused_forward`: output (T, B, K, H), h and c (K, B, H),
+    z (K, B), boundaries (T, B, K)."""
+    T, B, _ = input.shape
+    K, H = rnn.num_layers, rnn.hidden_size
+    h = list(state.h.unbind(0))  # per layer (B, H)
+    c = list(state.c.unbind(0))
+    z = [zl.unsqueeze(1) for zl in state.z.unbind(0)]  # per layer (B, 1)
+    imposed = None
+    if boundaries is not None:
+        imposed = boundaries.to(input.dtype).unsqueeze(-1).unbind(0)  # T x (B, K, 1)
+    weights = [rnn.step_weight(l) for l in range(K)]
+    estimator = rnn.estimator
+    bottom_up = input_projection(rnn, input)  # T x (B, G_0), bias included
+    zero = input.new_zeros(B, 1)
+
+    outs: list[Tensor] = []
+    zs: list[Tensor] = []
+    for t in range(T):
+        for l in range(K):
+            below = bottom_up[t] if l == 0 else h[l - 1]
+            z_below = None if l == 0 else z[l - 1]
+            above = h[l + 1] if rnn.has_top_down(l) else None
+            h[l], c[l], z_new = cell(
+                rnn, l, weights[l], h[l], c[l], z[l], above, below, z_below, estimator
+            )
+            if not rnn.has_detector(l):
+                z_new = zero
+            elif imposed is not None:
+                z_new = imposed[t][:, l]
+            z[l] = z_new
+            outs.append(h[l])
+            zs.append(z_new)
+
+    output = torch.stack(outs).view(T, K, B, H).transpose(1, 2)
+    bounds = torch.stack(zs).view(T, K, B).transpose(1, 2)
+    return output, torch.stack(h), torch.stack(c), torch.cat(z, dim=1).t(), bounds
+
+
+def input_projection(rnn: HMLSTM, input: Tensor) -> tuple[Tensor, ...]:
+    """Layer 0's bottom-up term W x_t + b for all steps in one multiply: T x (B, G_0)."""
+    T, B, _ = input.shape
+    weight, bias = rnn.param("weight_ih", 0), rnn.param("bias", 0)
+    if rnn.layer_norm:
+        proj = layer_norm(input.reshape(T * B, -1) @ weight.t(), rnn.param("ln_ih", 0)) + bias
+    else:
+        proj = torch.addmm(bias, input.reshape(T * B, -1), weight.t())
+    return proj.view(T, B, -1).unbind(0)
+
+
+def cell(
+    rnn: HMLSTM,
+    l: int,
+    weight: Tensor,
+    h_prev: Tensor,
+    c_prev: Tensor,
+    z_prev: Tensor,
+    above: Tensor | None,
+    below: Tensor,
+    z_below: Tensor | None,
+    estimator: BoundaryEstimator,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """One step of layer l: returns h_t, c_t (B, H) and the detector's z_t (B, 1).
+
+    ``below`` is the bottom-up input h_t^{l-1} (for layer 0 the precomputed W x_t + b);
+    ``z_below`` is None for layer 0 (z^0 = 1); ``estimator`` is :attr:`HMLSTM.estimator`, looked
+    up once per forward.
+    """
+    H = rnn.hidden_size
+    s = preactivation(rnn, l, weight, h_prev, z_prev, above, below, z_below)  # (B, G)
+    i = torch.sigmoid(s[:, :H])
+    f = torch.sigmoid(s[:, H : 2 * H])
+    g = torch.tanh(s[:, 2 * H : 3 * H])
+    o = torch.sigmoid(s[:, 3 * H : 4 * H])
+    z_new = None
+    if rnn.has_detector(l):
+        z_new = boundary(s[:, 4 * H :], rnn.slope, estimator, rnn.training)
+
+    flush = z_prev if rnn.has_detector(l) else None
+    if flush is not None and not rnn.grad_through_ops:
+        flush = flush.detach()
+    z_in = z_below
+    if z_in is not None and not rnn.grad_through_ops:
+        z_in = z_in.detach()
+
+    if z_in is None:  # layer 0: z^0 = 1, so never COPY; UPDATE keeps f * c, FLUSH drops it
+        keep = f if flush is None else (1.0 - flush) * f
+        c = torch.addcmul(keep * c_prev, i, g)
+        return o * torch.tanh(norm_c(rnn, l, c)), c, z_new
+    update = z_in if flush is None else (1.0 - flush) * z_in
+    copy = 1.0 - z_in if flush is None else (1.0 - flush) * (1.0 - z_in)
+    act = 1.0 - copy  # flush + update
+    c = torch.addcmul((update * f + copy) * c_prev, act, i * g)
+    h = torch.addcmul(copy * h_prev, act, o * torch.tanh(norm_c(rnn, l, c)))
+    return h, c, z_new
+
+
+def preactivation(
+    rnn: HMLSTM,
+    l: int,
+    weight: Tensor,
+    h_prev: Tensor,
+    z_prev: Tensor,
+    above: Tensor | None,
+    below: Tensor,
+    z_below: Tensor | None,
+) -> Tensor:
+    """s_t^l (B, G): one (batched) multiply over the gated inputs."""
+    inputs = [h_prev]
+    gates: list[Tensor | None] = [None]
+    if above is not None:
+        inputs.append(above)
+        gates.append(z_prev)
+    if l > 0:
+        inputs.append(below)
+        gates.append(z_below)
+    if not rnn.layer_norm:
+        gated = [x if zg is None else zg * x for x, zg in zip(inputs, gates, strict=True)]
+        base = below if l == 0 else rnn.param("bias", l)
+        return torch.addmm(base, torch.cat(gated, dim=1), weight)
+    proj = torch.bmm(torch.stack(inputs), weight)  # (n, B, G)
+    names = ["hh", "td"][: 1 + int(above is not None)] + (["ih"] if l > 0 else [])
+    s = below if l == 0 else rnn.param("bias", l)
+    for k, (name, zg) in enumerate(zip(names, gates, strict=True)):
+        normed = layer_norm(proj[k], rnn.param(f"ln_{name}", l))
+        s = s + (normed if zg is None else zg * normed)
+    return s
+
+
+def norm_c(rnn: HMLSTM, l: int, c: Tensor) -> Tensor:
+    """c_t as its tanh reads it: layer-normalised with layer norm, unchanged without."""
+    if not rnn.layer_norm:
+        return c
+    return layer_norm(c, rnn.param("ln_c_weight", l), rnn.param("ln_c_bias", l))
+
+
+__all__ = ["LN_EPS", "autograd_forward", "layer_norm"]
