@@ -88,17 +88,28 @@ def summarise(
     counts = update_counts(metrics, config.model.num_layers)
     if counts is not None:
         results["update_counts"] = counts
-    truth = dm.boundaries("test")
-    if truth and config.test and config.model.spec.hierarchical:
-        # as many batches as the test ran (trainer.limit_test_batches)
-        tested = [int(n) for n in trainer.num_test_batches if math.isfinite(n)]
-        bpc, bounds, seen = run_split(module.model, dm, "test", tested[0] if tested else None)
-        results["test_bpc_one_process"] = bpc
-        results["boundaries"] = boundary_report(bounds, seen, truth)
-        rnn = module.model.rnn  # the top layer has no detector by default: no rate to show
-        detectors = sum(rnn.has_detector(l) for l in range(rnn.num_layers))
-        results["boundary_rates"] = bounds[seen].mean(0)[:detectors].tolist()
+    if config.test and config.model.spec.hierarchical:
+        results |= test_boundaries(module, dm, trainer)
     return results
+
+
+def test_boundaries(module: LitCharLM, dm: DataSetModule, trainer: L.Trainer) -> dict[str, Any]:
+    """The tested model's boundaries on the test split (as many batches as the test ran, see
+    ``trainer.limit_test_batches``) against the data's truth, in one process: the BPC of that
+    pass, precision / recall / F1 per layer and kind, and each detector's firing rate. Empty
+    for data without true boundaries."""
+    truth = dm.boundaries("test")
+    if not truth:
+        return {}
+    tested = [int(n) for n in trainer.num_test_batches if math.isfinite(n)]
+    bpc, bounds, seen = run_split(module.model, dm, "test", tested[0] if tested else None)
+    rnn = module.model.rnn  # the top layer has no detector by default: no rate to show
+    detectors = sum(rnn.has_detector(l) for l in range(rnn.num_layers))
+    return {
+        "test_bpc_one_process": bpc,
+        "boundaries": boundary_report(bounds, seen, truth),
+        "boundary_rates": bounds[seen].mean(0)[:detectors].tolist(),
+    }
 
 
 def update_counts(metrics: dict[str, float], K: int, steps: int = 270) -> dict[str, Any] | None:
