@@ -19,6 +19,7 @@ import html
 import io
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -143,9 +144,10 @@ def _grey(value: float) -> int:
 
 
 def svg_strips(text: str, strips: list[Strip], per_line: int = 90, title: str = "") -> str:
-    rows, keys = len(strips), legend(strips)
-    width, height, _ = geometry(len(text), rows, per_line, keys)
-    block = rows * CELL + TEXT_ROW + GAP
+    """The figure as SVG: title, legend, then per line of ``per_line`` symbols the strips (one
+    cell a symbol, grey = the value) and the symbols under them."""
+    keys = legend(strips)
+    width, height, _ = geometry(len(text), len(strips), per_line, keys)
     out = [
         f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
         f'viewBox="0 0 {width} {height}">',
@@ -155,8 +157,18 @@ def svg_strips(text: str, strips: list[Strip], per_line: int = 90, title: str = 
         f'<rect width="{width}" height="{height}" fill="#ffffff"/>',
         f'<text class="title" x="{LEFT}" y="{TITLE_ROW - 6}" font-family="sans-serif" '
         f'font-size="{TITLE_FONT}" font-weight="bold">{html.escape(title)}</text>',
-        f'<g class="legend" font-family="monospace" font-size="{FONT}">',
+        *_svg_legend(keys),
+        '<g font-family="monospace" font-size="11" text-anchor="middle">',
     ]
+    for start in range(0, max(len(text), 1), per_line):
+        out += _svg_line(text, strips, start, per_line)
+    out += ["</g>", "</svg>"]
+    return "\n".join(out) + "\n"
+
+
+def _svg_legend(keys: list[Key]) -> list[str]:
+    """The legend's swatches and their texts, as an SVG group."""
+    out = [f'<g class="legend" font-family="monospace" font-size="{FONT}">']
     top = swatch_top()
     fills = {"white": "#ffffff", "black": "#000000", "scale": "url(#scale)"}
     for key in keys:
@@ -167,34 +179,38 @@ def svg_strips(text: str, strips: list[Strip], per_line: int = 90, title: str = 
         out.append(
             f'<text x="{key.x + key.width + 4}" y="{top + CELL - 2}">{html.escape(key.text)}</text>'
         )
-    out += ["</g>", '<g font-family="monospace" font-size="11" text-anchor="middle">']
-    for start in range(0, max(len(text), 1), per_line):
-        top = HEADER + (start // per_line) * block
+    return [*out, "</g>"]
+
+
+def _svg_line(text: str, strips: list[Strip], start: int, per_line: int) -> list[str]:
+    """One line of the figure, from symbol ``start``: labels, cells, frames, symbols."""
+    rows = len(strips)
+    top = HEADER + (start // per_line) * (rows * CELL + TEXT_ROW + GAP)
+    out = []
+    for r, strip in enumerate(strips):
+        out.append(
+            f'<text x="{MARGIN - 4}" y="{top + r * CELL + CELL - 2}" text-anchor="end">'
+            f"{html.escape(strip.label)}</text>"
+        )
+    for t in range(start, min(start + per_line, len(text))):
+        x = MARGIN + (t - start) * CELL
         for r, strip in enumerate(strips):
+            g = _grey(strip.values[t])
             out.append(
-                f'<text x="{MARGIN - 4}" y="{top + r * CELL + CELL - 2}" text-anchor="end">'
-                f"{html.escape(strip.label)}</text>"
+                f'<rect x="{x}" y="{top + r * CELL}" width="{CELL}" height="{CELL}" '
+                f'fill="rgb({g},{g},{g})"/>'
             )
-        for t in range(start, min(start + per_line, len(text))):
-            x = MARGIN + (t - start) * CELL
-            for r, strip in enumerate(strips):
-                g = _grey(strip.values[t])
-                out.append(
-                    f'<rect x="{x}" y="{top + r * CELL}" width="{CELL}" height="{CELL}" '
-                    f'fill="rgb({g},{g},{g})"/>'
-                )
-        n = min(per_line, len(text) - start)  # a grey frame around each strip of the line
-        for r in range(rows):
-            out.append(
-                f'<rect x="{MARGIN}" y="{top + r * CELL}" width="{n * CELL}" height="{CELL}" '
-                f'fill="none" stroke="{FRAME}" stroke-width="1"/>'
-            )
-        for t in range(start, min(start + per_line, len(text))):
-            x = MARGIN + (t - start) * CELL
-            glyph = html.escape(printable(text[t]))
-            out.append(f'<text x="{x + CELL // 2}" y="{top + rows * CELL + 12}">{glyph}</text>')
-    out += ["</g>", "</svg>"]
-    return "\n".join(out) + "\n"
+    n = min(per_line, len(text) - start)  # a grey frame around each strip of the line
+    for r in range(rows):
+        out.append(
+            f'<rect x="{MARGIN}" y="{top + r * CELL}" width="{n * CELL}" height="{CELL}" '
+            f'fill="none" stroke="{FRAME}" stroke-width="1"/>'
+        )
+    for t in range(start, min(start + per_line, len(text))):
+        x = MARGIN + (t - start) * CELL
+        glyph = html.escape(printable(text[t]))
+        out.append(f'<text x="{x + CELL // 2}" y="{top + rows * CELL + 12}">{glyph}</text>')
+    return out
 
 
 def _frame(image: np.ndarray, x0: int, y0: int, x1: int, y1: int) -> None:
@@ -235,11 +251,9 @@ def png_strips(text: str, strips: list[Strip], per_line: int = 90, title: str = 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    rows, keys = len(strips), legend(strips)
-    width, height, _ = geometry(len(text), rows, per_line, keys)
-    block = rows * CELL + TEXT_ROW + GAP
+    keys = legend(strips)
+    width, height, _ = geometry(len(text), len(strips), per_line, keys)
     dpi = 100
-    points = 72 / dpi  # font sizes are given in pixels, matplotlib's in points
     fig = plt.figure(figsize=(width / dpi, height / dpi), dpi=dpi)
     ax = fig.add_axes((0, 0, 1, 1))
     ax.imshow(
@@ -250,6 +264,29 @@ def png_strips(text: str, strips: list[Strip], per_line: int = 90, title: str = 
         interpolation="nearest",
         extent=(0, width, height, 0),
     )
+    _png_texts(ax, text, strips, keys, per_line, title, points=72 / dpi)
+    ax.set_xlim(0, width)
+    ax.set_ylim(height, 0)
+    ax.axis("off")
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=dpi, facecolor="white")
+    plt.close(fig)
+    return buffer.getvalue()
+
+
+def _png_texts(
+    ax: Any,
+    text: str,
+    strips: list[Strip],
+    keys: list[Key],
+    per_line: int,
+    title: str,
+    points: float,
+) -> None:
+    """The PNG's title, legend texts, strip labels and symbols (``points``: matplotlib's font
+    points per pixel, as the sizes here are given in pixels)."""
+    rows = len(strips)
+    block = rows * CELL + TEXT_ROW + GAP
     ax.text(
         LEFT, TITLE_ROW / 2 + 1, title, va="center", fontsize=TITLE_FONT * points, weight="bold"
     )
@@ -284,13 +321,6 @@ def png_strips(text: str, strips: list[Strip], per_line: int = 90, title: str = 
                 fontsize=7,
                 family="monospace",
             )
-    ax.set_xlim(0, width)
-    ax.set_ylim(height, 0)
-    ax.axis("off")
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=dpi, facecolor="white")
-    plt.close(fig)
-    return buffer.getvalue()
 
 
 def write_strips(
