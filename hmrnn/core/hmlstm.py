@@ -255,7 +255,7 @@ class HMLSTM(nn.Module):
             boundaries = None if boundaries is None else boundaries.transpose(0, 1)
         B = input.size(1)
         state = self.zero_state(B, input) if state is None else HMLSTMState(*state[:3])
-        if self.fused and not self.layer_norm:
+        if self.fused:
             output, h_n, c_n, z_n, bounds = fused_forward(self, input, state, boundaries)
         else:
             output, h_n, c_n, z_n, bounds = autograd_forward(self, input, state, boundaries)

@@ -3,7 +3,9 @@
 Each layer is its own single-layer ``torch.nn.LSTM`` (cuDNN on GPU, oneDNN on CPU), since the
 output module reads every layer's h at every step. With ``layer_norm`` each layer is the LN-LSTM
 of Ba et al. (input and recurrent projections normalised separately, c_t before its tanh), the
-paper's "LN LSTM" row, written as a loop over time.
+paper's "LN LSTM" row; it runs through the HM-LSTM's hand-written loop
+(:func:`hmrnn.core.fused.lstm_forward`, every layer updating), or with ``fused = False`` as a
+loop of autograd operations over time.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from hmrnn.core.fused import WeightCache, lstm_forward
 from hmrnn.core.hmlstm import HMLSTMState, layer_norm
 
 
@@ -22,6 +25,9 @@ class StackedLSTM(nn.Module):
     Inputs: input (T, B, H_in), state (HMLSTMState or None; its z is ignored), boundaries
     (must be None: an LSTM has no boundaries).
     Outputs: output (T, B, K, H), state (z all zeros), boundaries (T, B, K) all zeros.
+
+    Attributes (plain, not saved), with layer norm: ``fused`` (default True) runs the
+    hand-written loop; ``fused_weights`` keeps its weights between passes without autograd.
     """
 
     def __init__(
@@ -38,6 +44,8 @@ class StackedLSTM(nn.Module):
             raise ValueError(f"num_layers must be an integer >= 1, got {num_layers!r}")
         self.input_size, self.hidden_size, self.num_layers = input_size, hidden_size, num_layers
         self.layer_norm, self.batch_first = layer_norm, batch_first
+        self.fused = True
+        self.fused_weights = WeightCache()
         sizes = [input_size] + [hidden_size] * (num_layers - 1)
         self.layers = nn.ModuleList(nn.LSTM(n, hidden_size) for n in sizes)
         if layer_norm:
@@ -68,6 +76,13 @@ class StackedLSTM(nn.Module):
         if state is None:
             h0 = input.new_zeros(K, B, H)
             state = HMLSTMState(h0, torch.zeros_like(h0), input.new_zeros(K, B))
+        if self.layer_norm and self.fused:
+            output, h_n, c_n, _, _ = lstm_forward(self, input, HMLSTMState(*state[:3]))
+            new_state = HMLSTMState(h_n, c_n, input.new_zeros(K, B))
+            bounds = input.new_zeros(T, B, K)
+            if self.batch_first:
+                output, bounds = output.transpose(0, 1), bounds.transpose(0, 1)
+            return output, new_state, bounds
         outputs, hs, cs = [], [], []
         x = input
         for l, lstm in enumerate(self.layers):

@@ -195,7 +195,7 @@ def test_training_with_imposed_boundaries_skips_copy_rows_exactly(
         weights.bottom_up(x),
         rnn.zero_state(B, x),
         imposed,
-        [fused.StepMatmul(w, B) for w in weights.step_weights],
+        fused.step_matmuls(weights.step_weights, B),
         weights.biases,
         keep=True,
     )

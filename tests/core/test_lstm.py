@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from hmrnn.core import StackedLSTM
+from hmrnn.core import HMLSTMState, StackedLSTM
 
 
 def test_stack_equals_a_multi_layer_nn_lstm() -> None:
@@ -63,3 +63,41 @@ def test_ln_lstm_step_follows_the_equations() -> None:
 def test_boundaries_cannot_be_imposed_on_an_lstm() -> None:
     with pytest.raises(ValueError, match="cannot be imposed"):
         StackedLSTM(5, 7, 2)(torch.randn(3, 2, 5), boundaries=torch.zeros(3, 2, 2))
+
+
+def test_ln_lstm_loop_equals_the_autograd_loop() -> None:
+    """The LN-LSTM through the hand-written loop: outputs and every gradient as the loop of
+    autograd operations, in float64, from a random state and from zeros."""
+    torch.manual_seed(0)
+    stack = StackedLSTM(5, 7, 3, layer_norm=True).double()
+    with torch.no_grad():
+        for p in (stack.ln_ih, stack.ln_hh, stack.ln_c_weight):
+            p.uniform_(0.5, 1.5)
+        stack.ln_c_bias.uniform_(-0.5, 0.5)
+    x = torch.randn(9, 4, 5).double().requires_grad_()
+    states = [
+        None,
+        HMLSTMState(
+            torch.randn(3, 4, 7).double(), torch.randn(3, 4, 7).double(), torch.zeros(3, 4).double()
+        ),
+    ]
+    for state in states:
+        results = []
+        for fused in (True, False):
+            stack.fused = fused
+            stack.zero_grad()
+            x.grad = None
+            out, last, _ = stack(x, state)
+            weights = torch.linspace(-1, 1, out.numel()).double().view_as(out)
+            ((out * weights).sum() + last.c.pow(2).sum() + last.h.sum()).backward()
+            grads = [p.grad.clone() for p in stack.parameters()] + [x.grad.clone()]
+            results.append((out.detach(), last.h, last.c, grads))
+        (out, h, c, grads), (out2, h2, c2, grads2) = results
+        for a, b in [(out, out2), (h, h2), (c, c2), *zip(grads, grads2, strict=True)]:
+            torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-10)
+    stack.eval()
+    with torch.no_grad():
+        stack.fused = True
+        fast = stack(x)[0]
+        stack.fused = False
+        torch.testing.assert_close(fast, stack(x)[0], rtol=1e-9, atol=1e-10)

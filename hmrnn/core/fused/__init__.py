@@ -32,13 +32,21 @@ import torch
 from torch import Tensor
 from torch.autograd.function import FunctionCtx
 
-from hmrnn.core.fused.backward import Backward, LoopGrads
+from hmrnn.core.fused.backward import Backward
 from hmrnn.core.fused.cell import LoopSpec
 from hmrnn.core.fused.loop import Loop
-from hmrnn.core.fused.weights import StepMatmul, WeightCache, loop_weights
+from hmrnn.core.fused.weights import (
+    LoopWeights,
+    StepMatmul,
+    WeightCache,
+    loop_weights,
+    module_loop_weights,
+    step_matmuls,
+)
 
 if TYPE_CHECKING:
     from hmrnn.core.hmlstm import HMLSTM, HMLSTMState
+    from hmrnn.core.lstm import StackedLSTM
 
 PACK_FROM = 8
 """With autograd, weights are packed for oneDNN only for sequences of at least this many steps
@@ -50,8 +58,8 @@ LoopOutputs = tuple[Tensor, Tensor, Tensor, Tensor, Tensor]
 
 class _Sequence(torch.autograd.Function):
     """The whole sequence as one autograd node: the loop keeps its buffers, the backward walks
-    them in reverse. ``params``: the K step weights, then the biases of layers 1..K-1, in the
-    loop's order (:class:`~hmrnn.core.fused.weights.LoopWeights`)."""
+    them in reverse. ``params``: :meth:`~hmrnn.core.fused.weights.LoopWeights.flat`, the step
+    weights, the biases of layers 1..K-1 and with layer norm the gains, in the loop's order."""
 
     @staticmethod
     def forward(  # type: ignore[override]
@@ -64,9 +72,11 @@ class _Sequence(torch.autograd.Function):
         imposed: Tensor | None,
         *params: Tensor,
     ) -> LoopOutputs:
-        K, (T, B, _) = spec.K, bottom_up.shape
-        matmuls = [StepMatmul(w, B, pack=T >= PACK_FROM) for w in params[:K]]
-        loop = Loop(spec, bottom_up, (h0, c0, z0), imposed, matmuls, list(params[K:]), keep=True)
+        (T, B, _) = bottom_up.shape
+        weights, biases, gains, norm_c = LoopWeights.unflat(spec.K, spec.layer_norm, params)
+        matmuls = step_matmuls(weights, B, pack=T >= PACK_FROM)
+        norm = None if gains is None or norm_c is None else (gains, norm_c)
+        loop = Loop(spec, bottom_up, (h0, c0, z0), imposed, matmuls, biases, keep=True, norm=norm)
         loop.run()
         ctx.loop = loop
         return loop.outputs()
@@ -81,30 +91,51 @@ class _Sequence(torch.autograd.Function):
         g_bounds: Tensor | None,
     ) -> tuple[Tensor | None, ...]:
         loop = ctx.loop  # kept (not deleted) so that backward can run again with retain_graph
-        grads: LoopGrads = Backward(loop).run(g_out, g_h, g_c, g_z, g_bounds)
-        g_bu, g_h0, g_c0, g_z0, grad_w, grad_b = grads
-        return None, g_bu, g_h0, g_c0, g_z0, None, *grad_w, *grad_b
+        g_bu, g_h0, g_c0, g_z0, grad_params = Backward(loop).run(g_out, g_h, g_c, g_z, g_bounds)
+        return None, g_bu, g_h0, g_c0, g_z0, None, *grad_params
 
 
 def fused_forward(
     rnn: HMLSTM, input: Tensor, state: HMLSTMState, imposed: Tensor | None
 ) -> LoopOutputs:
-    """The HM-LSTM forward (time-major, no layer norm) through the fast loop.
+    """The HM-LSTM forward (time-major) through the fast loop.
 
     Returns output (T, B, K, H), h (K, B, H), c (K, B, H), z (K, B), boundaries (T, B, K).
     """
     spec = LoopSpec.of(rnn, rnn.training, input.device)
     if imposed is not None:
         imposed = imposed.to(input.dtype)
+    return run_loop(spec, rnn, input, state, imposed)
+
+
+def lstm_forward(stack: StackedLSTM, input: Tensor, state: HMLSTMState) -> LoopOutputs:
+    """The LN-LSTM stack's forward (time-major) through the same loop (every layer updates)."""
+    spec = LoopSpec.lstm(stack.num_layers, stack.hidden_size, stack.training)
+    return run_loop(spec, stack, input, state, None)
+
+
+def run_loop(
+    spec: LoopSpec,
+    rnn: HMLSTM | StackedLSTM,
+    input: Tensor,
+    state: HMLSTMState,
+    imposed: Tensor | None,
+) -> LoopOutputs:
+    """The loop over ``input`` (T, B, H_in) from ``state`` with ``rnn``'s weights: one autograd
+    node when a gradient is wanted, else a plain pass with the cached weights."""
     tensors = (input, *state, *rnn.parameters())
     if torch.is_grad_enabled() and any(x.requires_grad for x in tensors):
-        weights = loop_weights(rnn, input.device)
-        args = (state.h, state.c, state.z, imposed, *weights.step_weights, *weights.biases)
+        weights = module_loop_weights(rnn, input.device)
+        args = (state.h, state.c, state.z, imposed, *weights.flat())
         return _Sequence.apply(spec, weights.bottom_up(input), *args)
 
     # no gradient wanted: the weights in loop order (and packed) are kept while they are unchanged
     weights, matmuls = rnn.fused_weights.get(rnn, input)
-    loop = Loop(spec, weights.bottom_up(input), state, imposed, matmuls, weights.biases, keep=False)
+    norm = None
+    if weights.gains is not None and weights.norm_c is not None:
+        norm = (weights.gains, weights.norm_c)
+    bottom_up = weights.bottom_up(input)
+    loop = Loop(spec, bottom_up, state, imposed, matmuls, weights.biases, keep=False, norm=norm)
     loop.run()
     return loop.outputs()
 
@@ -118,4 +149,6 @@ __all__ = [
     "WeightCache",
     "fused_forward",
     "loop_weights",
+    "lstm_forward",
+    "step_matmuls",
 ]

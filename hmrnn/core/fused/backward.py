@@ -5,12 +5,14 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from hmrnn.core.fused.cell import boundary_backward, cell_backward
-from hmrnn.core.fused.loop import Loop
+from hmrnn.core.fused.cell import NormC, boundary_backward, cell_backward
+from hmrnn.core.fused.ln_cell import preact_backward
+from hmrnn.core.fused.loop import Loop, block_inputs
 
-LoopGrads = tuple[Tensor, Tensor, Tensor, Tensor, list[Tensor], list[Tensor]]
-"""d loss / d (bottom_up (T, B, G_0), h0 (K, B, H), c0 (K, B, H), z0 (K, B)), then per layer
-d loss / d step weight (N, G) and d loss / d bias (G,) of layers 1..K-1."""
+LoopGrads = tuple[Tensor, Tensor, Tensor, Tensor, list[Tensor]]
+"""d loss / d (bottom_up (T, B, G_0), h0 (K, B, H), c0 (K, B, H), z0 (K, B)), then d loss / d
+each tensor of :meth:`~hmrnn.core.fused.weights.LoopWeights.flat`: per layer the step weight,
+the biases of layers 1..K-1, and with layer norm the gains and c's gains and biases."""
 
 
 class Backward:
@@ -25,10 +27,22 @@ class Backward:
     def __init__(self, loop: Loop) -> None:
         self.loop = loop
         self.spec = loop.spec
-        self.g_preact = [torch.empty_like(gates) for gates in loop.gates]
         self.g_h: list[Tensor] = []  # per layer (B, H), set by _start
         self.g_c: list[Tensor] = []  # per layer (B, H)
         self.g_z: list[Tensor] = []  # per layer (B, 1)
+        if not self.spec.layer_norm:
+            self.g_preact = [torch.empty_like(gates) for gates in loop.gates]
+            return
+        # with layer norm d loss / d P of every step is kept for the weight gradients; d s only
+        # for layer 0 (its bottom-up term's gradient), the other layers sum it per step
+        assert loop.gains is not None and loop.norm_c is not None
+        self.g_proj = [torch.empty_like(normed) for normed in loop.normed]
+        self.g_proj_t = [list(zip(*(b.unbind(0) for b in g), strict=True)) for g in self.g_proj]
+        self.g_preact = [torch.empty_like(loop.gates[0])]
+        self.g_s = [torch.empty_like(gates[0]) for gates in loop.gates]
+        self.g_bias = [torch.zeros_like(gates[0, 0]) for gates in loop.gates]
+        self.g_gains = [torch.zeros_like(g) for g in loop.gains]
+        self.g_norm_c = [(torch.zeros_like(w), torch.zeros_like(b)) for w, b in loop.norm_c]
 
     def run(
         self,
@@ -51,13 +65,18 @@ class Backward:
                 elif g_bounds is not None:
                     g_zl = g_zl + g_bounds[t, :, l : l + 1]
                 rows = loop.worked.get((t, l))
-                if rows is None:
+                if self.spec.layer_norm:
+                    self._normed_step(t, l, g_hl, g_zl)
+                elif rows is None:
                     self._step(t, l, g_hl, g_zl)
                 else:  # only these rows worked; COPY rows pass gradients on
                     self._skipped_step(t, l, rows, g_hl)
-        grad_w, grad_b = self._weight_grads()
+        if self.spec.layer_norm:
+            grads = self._normed_weight_grads()
+        else:
+            grads = [x for xs in self._weight_grads() for x in xs]
         g_h0, g_c0 = torch.stack(self.g_h), torch.stack(self.g_c)
-        return self.g_preact[0], g_h0, g_c0, torch.cat(self.g_z, dim=1).t(), grad_w, grad_b
+        return self.g_preact[0], g_h0, g_c0, torch.cat(self.g_z, dim=1).t(), grads
 
     def _start(self, g_h: Tensor | None, g_c: Tensor | None, g_z: Tensor | None) -> None:
         """The carried gradients at the last step: those of the final state (None: zeros)."""
@@ -92,7 +111,7 @@ class Backward:
         )
         if spec.detector[l]:
             boundary_backward(spec, gates, loop.bounds_t[t][l], g_zl, ds)
-        gx = loop.matmuls[l].backward(ds)
+        gx = loop.matmuls[l][0].backward(ds)
         g_h[l] = gx[:, :H] if carry is None else gx[:, :H] + carry
         g_zprev = g_flush
         col = H
@@ -110,6 +129,76 @@ class Backward:
                 part = part + g_zin
             g_z[l - 1] = g_z[l - 1] + part
         g_z[l] = torch.zeros_like(g_z[l]) if g_zprev is None else g_zprev
+
+    def _normed_step(self, t: int, l: int, g_hl: Tensor, g_zl: Tensor | None) -> None:
+        """:meth:`_step` with layer norm (:meth:`Loop.normed_cell`)."""
+        loop, spec, g_h, g_z = self.loop, self.spec, self.g_h, self.g_z
+        c_prev = loop.c0[l] if t == 0 else loop.cells_t[l][t - 1]
+        z_prev, h_prev = self._z_at(t - 1, l), self._h_at(t - 1, l)
+        z_in = None if l == 0 or not spec.hierarchical else loop.bounds_t[t][l - 1]
+        above = self._h_at(t - 1, l + 1) if spec.top_down[l] else None
+        below = loop.hidden_t[l - 1][t] if l > 0 else None
+        inputs, gates = block_inputs(h_prev, z_prev, above, below, z_in)
+        ds = self.g_preact[0][t] if l == 0 else self.g_s[l]
+        stats, n = loop.stats_t[l][t], len(inputs)
+        assert loop.norm_c is not None
+        norm = NormC(*loop.norm_c[l], stats[:, n:], loop.cells_t[l][t], *self.g_norm_c[l])
+        flush = z_prev if spec.detector[l] else None
+        acts, tc = loop.gates_t[l][t], loop.tanh_cells_t[l][t]
+        self.g_c[l], carry, g_zin, g_flush = cell_backward(
+            spec, acts, tc, c_prev, h_prev, flush, z_in, g_hl, self.g_c[l], ds, norm
+        )
+        if spec.detector[l]:
+            boundary_backward(spec, acts, loop.bounds_t[t][l], g_zl, ds)
+        if l > 0:
+            self.g_bias[l].add_(ds.sum(0))
+        g_P = self.g_proj_t[l][t]
+        g_gates = preact_backward(
+            ds,
+            list(loop.normed_t[l][t]),
+            stats,
+            list(loop.block_gains[l]),
+            gates,
+            list(self.g_gains[l].unbind(0)),
+            list(g_P),
+        )
+        gx = [mm.backward(dP) for mm, dP in zip(loop.matmuls[l], g_P, strict=True)]
+        g_h[l] = gx[0] if carry is None else gx[0] + carry
+        g_zprev, k = g_flush, 1
+        if above is not None:
+            g_h[l + 1] = g_h[l + 1] + gx[1]
+            g_zprev = g_gates[1] if g_zprev is None else g_zprev + g_gates[1]
+            k = 2
+        if below is not None:
+            g_h[l - 1] = g_h[l - 1] + gx[k]
+            part = g_gates[k]
+            if part is not None:
+                g_z[l - 1] = g_z[l - 1] + (part if g_zin is None else part + g_zin)
+        g_z[l] = torch.zeros_like(g_z[l]) if g_zprev is None else g_zprev
+
+    def _normed_weight_grads(self) -> list[Tensor]:
+        """With layer norm: per layer d loss / d step weight (n, H, G), one multiply per
+        projection over all steps, then the biases', gains' and c's gradients."""
+        loop, K = self.loop, self.spec.K
+        shifted = [torch.cat([loop.h0[l].unsqueeze(0), loop.hidden[l][:-1]]) for l in range(K)]
+        grad_w = []
+        for l in range(K):
+            xs = [shifted[l]]
+            if self.spec.top_down[l]:
+                xs.append(shifted[l + 1])
+            if l > 0:
+                xs.append(loop.hidden[l - 1])
+            dP = self.g_proj[l]
+            grad_w.append(
+                torch.stack(
+                    [
+                        (d.flatten(0, 1).t() @ x.flatten(0, 1)).t()
+                        for d, x in zip(dP, xs, strict=True)
+                    ]
+                )
+            )
+        norm_w, norm_b = (list(x) for x in zip(*self.g_norm_c, strict=True))
+        return [*grad_w, *self.g_bias[1:], *self.g_gains, *norm_w, *norm_b]
 
     def _skipped_step(self, t: int, l: int, rows: Tensor, g_hl: Tensor) -> None:
         """Backward of a :meth:`Loop.skipping_cell` step (imposed boundaries, l > 0): the
@@ -132,7 +221,7 @@ class Backward:
             if spec.detector[l]:
                 boundary_backward(spec, gates, None, None, ds)
             self.g_preact[l][t].index_copy_(0, rows, ds)
-            gx = loop.matmuls[l].backward(ds)
+            gx = loop.matmuls[l][0].backward(ds)
             new_gh.index_copy_(0, rows, gx[:, :H] + carry)
             new_gc.index_copy_(0, rows, g_c_prev)
             col = H

@@ -14,6 +14,7 @@ import torch
 from torch import Tensor
 
 from hmrnn.core.boundary import BoundaryEstimator
+from hmrnn.core.fused.ln_cell import norm_c_backward, norm_c_forward
 
 if TYPE_CHECKING:
     from hmrnn.core.hmlstm import HMLSTM
@@ -36,6 +37,12 @@ class LoopSpec:
     grad_through_ops: bool
     slope: float
     skip_copy: bool  # COPY rows may be left out (see Loop.sparse_allowed)
+    layer_norm: bool = False  # projections normalised separately, tanh of the normalised c
+    hierarchical: bool = True  # False: an LSTM stack (every layer updates, nothing gated)
+
+    def blocks(self, l: int) -> int:
+        """How many projections layer l multiplies per step: recurrent, top-down, bottom-up."""
+        return 1 + int(self.top_down[l]) + int(l > 0)
 
     @classmethod
     def of(cls, rnn: HMLSTM, training: bool, device: torch.device | None = None) -> LoopSpec:
@@ -58,8 +65,43 @@ class LoopSpec:
             training=training,
             grad_through_ops=rnn.grad_through_ops,
             slope=float(rnn.slope),
-            skip_copy=skip_copy,
+            skip_copy=skip_copy and not rnn.layer_norm,
+            layer_norm=rnn.layer_norm,
         )
+
+    @classmethod
+    def lstm(cls, K: int, H: int, training: bool) -> LoopSpec:
+        """The LN-LSTM stack (:class:`hmrnn.core.lstm.StackedLSTM`): the HM-LSTM's loop with
+        every layer updating (no boundaries, no top-down input)."""
+        from hmrnn.core.boundary import STEP
+
+        return cls(
+            K=K,
+            H=H,
+            detector=(False,) * K,
+            top_down=(False,) * K,
+            estimator=STEP,
+            training=training,
+            grad_through_ops=False,
+            slope=1.0,
+            skip_copy=False,
+            layer_norm=True,
+            hierarchical=False,
+        )
+
+
+@dataclass
+class NormC:
+    """Layer norm of c_t for one cell: its gain and bias (H,), the statistics (M, 2: mean,
+    rstd) the forward writes, and for the backward c_t (M, H) and the gradients of the gain and
+    bias (H,) it adds to."""
+
+    gain: Tensor
+    bias: Tensor
+    stats: Tensor
+    c: Tensor | None = None
+    g_gain: Tensor | None = None
+    g_bias: Tensor | None = None
 
 
 def masks(flush: Tensor | None, z_in: Tensor) -> tuple[Tensor, Tensor]:
@@ -79,10 +121,12 @@ def cell_forward(
     flush: Tensor | None,
     z_in: Tensor | None,
     out: CellBuffers,
+    norm: NormC | None = None,
 ) -> Tensor | None:
     """One cell of layer l from its pre-activation s (M, G): writes ``out`` and returns z_t
     (M, 1), or None without a detector. ``flush`` is z_{t-1} (None without a detector), ``z_in``
-    the layer below's z_t (None for layer 0)."""
+    the layer below's z_t (None for layer 0, and for every layer of an LSTM). With layer norm
+    (``norm``) tanh reads the normalised c_t, and ``norm.stats`` gets its statistics."""
     H = spec.H
     gates, c_new, tc, h_new = out
     i, f, o, g = (gates[:, j * H : (j + 1) * H] for j in range(4))
@@ -98,15 +142,31 @@ def cell_forward(
         if flush is not None:
             fc.mul_(1.0 - flush)
         torch.add(fc, ig, out=c_new)
-        torch.tanh(c_new, out=tc)
+        _squash(c_new, tc, norm)
         torch.mul(o, tc, out=h_new)
     else:
         update, copy = masks(flush, z_in)
         act = 1.0 - copy
         torch.addcmul(torch.addcmul(copy * c_prev, update, f * c_prev), act, ig, out=c_new)
-        torch.tanh(c_new, out=tc)
+        _squash(c_new, tc, norm)
         torch.addcmul(copy * h_prev, act, o * tc, out=h_new)
     return z_new
+
+
+def _squash(c: Tensor, tc: Tensor, norm: NormC | None) -> None:
+    """tc = tanh(c), or tanh of the layer-normalised c."""
+    if norm is None:
+        torch.tanh(c, out=tc)
+    else:
+        norm_c_forward(c, norm.gain, norm.bias, tc, norm.stats)
+
+
+def _tanh_backward(g_tc: Tensor, tc: Tensor, norm: NormC | None) -> Tensor:
+    """d loss / d c_t through tc from d loss / d tc."""
+    if norm is None:
+        return g_tc * (1.0 - tc * tc)
+    assert norm.c is not None and norm.g_gain is not None and norm.g_bias is not None
+    return norm_c_backward(g_tc, tc, norm.c, norm.stats, norm.gain, norm.g_gain, norm.g_bias)
 
 
 CellGrads = tuple[Tensor, Tensor | None, Tensor | None, Tensor | None]
@@ -126,12 +186,14 @@ def cell_backward(
     g_h: Tensor,
     g_c: Tensor,
     ds: Tensor,
+    norm: NormC | None = None,
 ) -> CellGrads:
     """Backward of one cell's gates: fills the gate columns of ``ds`` (M, G), d loss / d s, from
-    d h_t and d c_t (``g_h``, ``g_c``); the z column is :func:`boundary_backward`'s."""
+    d h_t and d c_t (``g_h``, ``g_c``); the z column is :func:`boundary_backward`'s. With layer
+    norm ``norm`` holds c_t and its statistics, and takes the gradients of its gain and bias."""
     if z_in is None:
-        return _first_layer_backward(spec, gates, tc, c_prev, flush, g_h, g_c, ds)
-    return _upper_layer_backward(spec, gates, tc, c_prev, h_prev, flush, z_in, g_h, g_c, ds)
+        return _first_layer_backward(spec, gates, tc, c_prev, flush, g_h, g_c, ds, norm)
+    return _upper_layer_backward(spec, gates, tc, c_prev, h_prev, flush, z_in, g_h, g_c, ds, norm)
 
 
 def _first_layer_backward(
@@ -143,6 +205,7 @@ def _first_layer_backward(
     g_h: Tensor,
     g_c: Tensor,
     ds: Tensor,
+    norm: NormC | None,
 ) -> CellGrads:
     """h = o tanh(c), c = (1 - flush) f c_prev + i g."""
     H = spec.H
@@ -150,7 +213,7 @@ def _first_layer_backward(
     d_i, d_f, d_o, d_g = (ds[:, j * H : (j + 1) * H] for j in range(4))
     g_flush = None
     torch.mul(g_h * tc, o * (1.0 - o), out=d_o)
-    g_ct = torch.addcmul(g_c, g_h * o, 1.0 - tc * tc)
+    g_ct = g_c + _tanh_backward(g_h * o, tc, norm)
     keep = f if flush is None else f * (1.0 - flush)
     g_c_prev = g_ct * keep
     if flush is not None and spec.grad_through_ops:
@@ -175,6 +238,7 @@ def _upper_layer_backward(
     g_h: Tensor,
     g_c: Tensor,
     ds: Tensor,
+    norm: NormC | None,
 ) -> CellGrads:
     """h = copy h_prev + act o tanh(c), c = (update f + copy) c_prev + act i g."""
     H = spec.H
@@ -185,7 +249,7 @@ def _upper_layer_backward(
     act = 1.0 - copy
     g_act_h = g_h * act
     torch.mul(g_act_h * tc, o * (1.0 - o), out=d_o)
-    g_ct = torch.addcmul(g_c, g_act_h * o, 1.0 - tc * tc)
+    g_ct = g_c + _tanh_backward(g_act_h * o, tc, norm)
     g_c_prev = g_ct * (update * f + copy)
     torch.mul(g_ct * update * c_prev, f * (1.0 - f), out=d_f)
     g_ct_act = g_ct * act

@@ -11,7 +11,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from hmrnn.core.fused.cell import LoopSpec, cell_forward, masks
+from hmrnn.core.fused.cell import LoopSpec, NormC, cell_forward, masks
+from hmrnn.core.fused.ln_cell import preact_forward
 from hmrnn.core.fused.weights import StepMatmul
 
 SPARSE_MIN_WEIGHT = 400_000
@@ -30,17 +31,23 @@ class Loop:
     Weights and biases are in the loop's gate order (:mod:`hmrnn.core.fused.weights`);
     ``bottom_up`` is layer 0's W x_t + b for every step, (T, B, G_0), in the same order;
     ``state`` is (h0, c0, z0), shapes (K, B, H), (K, B, H), (K, B); ``imposed`` (T, B, K) replaces
-    the detectors' z.
+    the detectors' z; ``matmuls`` per layer the step multiplies
+    (:func:`~hmrnn.core.fused.weights.step_matmuls`); ``norm`` with layer norm the gains (n, G)
+    and c's (gain, bias) per layer.
 
     Buffers, per layer l (``steps`` = T with ``keep``, else 1; N the step weight's rows):
         inputs[l]: (steps, B, N) the gated, concatenated inputs [h_{t-1}, z_{t-1} h_{t-1}^{l+1},
-            z_t^{l-1} h_t^{l-1}] of the step multiply.
+            z_t^{l-1} h_t^{l-1}] of the step multiply (not with layer norm: its inputs are the
+            h of ``hidden`` and ``h0``, ungated).
         gates[l]: (steps, B, G) i, f, o, g after their nonlinearity, then the raw s_z.
-        cells[l], tanh_cells[l]: (steps, B, H) c_t and tanh(c_t).
+        cells[l], tanh_cells[l]: (steps, B, H) c_t and tanh(c_t) (of the normalised c_t).
         hidden[l]: (T, B, H) h_t, the output.
         bounds: (T, K, B, 1) z_t as used.
-    ``inputs_t[l][t]`` (and ``gates_t``, ``cells_t``, ``tanh_cells_t``, ``hidden_t``) are their
-    per-step views; ``bounds_t[t][l]`` (B, 1).
+        With layer norm, normed[l]: (n, steps, B, G) each projection normalised (xhat), and
+        stats[l]: (steps, B, n + 2) their rstd, then c_t's mean and rstd.
+    ``inputs_t[l][t]`` (and ``gates_t``, ``cells_t``, ``tanh_cells_t``, ``hidden_t``,
+    ``stats_t``) are their per-step views, ``normed_t[l][t]`` the list of n blocks;
+    ``bounds_t[t][l]`` (B, 1).
     """
 
     def __init__(
@@ -49,20 +56,23 @@ class Loop:
         bottom_up: Tensor,
         state: tuple[Tensor, Tensor, Tensor],
         imposed: Tensor | None,
-        matmuls: list[StepMatmul],
+        matmuls: list[list[StepMatmul]],
         biases: list[Tensor],
         keep: bool,
+        norm: tuple[list[Tensor], list[tuple[Tensor, Tensor]]] | None = None,
     ) -> None:
         self.spec = spec
+        self.gains, self.norm_c = norm if norm is not None else (None, None)
         self.h0, self.c0, self.z0 = state
         self.imposed = imposed
         self.keep = keep
         self.T, self.B, _ = bottom_up.shape
         self.matmuls = matmuls
         self.biases: list[Tensor | None] = [None, *biases]  # layer 0's is in bottom_up
+        self.block_gains = [] if self.gains is None else [g.unbind(0) for g in self.gains]
         self._allocate(bottom_up)
         self.bottom_up_t = bottom_up.unbind(0)
-        self.sparse_layer = [m.wt.numel() >= SPARSE_MIN_WEIGHT for m in matmuls]
+        self.sparse_layer = [sum(m.wt.numel() for m in ms) >= SPARSE_MIN_WEIGHT for ms in matmuls]
         self.worked: dict[tuple[int, int], Tensor] = {}  # (t, l) -> rows computed, if not all
         K = spec.K
         self.used: list[Tensor | None] = [None] * K  # (T, B) rows that enter the weight gradient
@@ -71,8 +81,9 @@ class Loop:
         T, B, K, H = self.T, self.B, self.spec.K, self.spec.H
         steps = T if self.keep else 1
         new = lambda *shape: like.new_empty(steps, *shape)  # noqa: E731
-        self.inputs = [new(B, m.wt.size(0)) for m in self.matmuls]
-        self.gates = [new(B, m.wt.size(1)) for m in self.matmuls]
+        ln = self.spec.layer_norm
+        self.inputs = [] if ln else [new(B, ms[0].wt.size(0)) for ms in self.matmuls]
+        self.gates = [new(B, ms[0].wt.size(1)) for ms in self.matmuls]
         self.cells = [new(B, H) for _ in range(K)]
         self.tanh_cells = [new(B, H) for _ in range(K)]
         self.hidden = [like.new_empty(T, B, H) for _ in range(K)]
@@ -83,6 +94,13 @@ class Loop:
             for buffers in (self.inputs, self.gates, self.cells, self.tanh_cells, self.hidden)
         )
         self.bounds_t = [zt.unbind(0) for zt in self.bounds.unbind(0)]
+        if ln:
+            self.normed = [
+                like.new_empty(len(ms), steps, B, ms[0].wt.size(1)) for ms in self.matmuls
+            ]
+            self.stats = [new(B, len(ms) + 2) for ms in self.matmuls]
+            self.normed_t = [list(zip(*(b.unbind(0) for b in n), strict=True)) for n in self.normed]
+            self.stats_t = [st.unbind(0) for st in self.stats]
 
     def run(self) -> None:
         """Every step of every layer; the last h, c, z go to ``h_last``, ``c_last``, ``z_last``."""
@@ -134,9 +152,11 @@ class Loop:
         k = t if self.keep else 0
         z_prev, h_prev, c_prev = z[l], h[l], c[l]
         flush = z_prev if spec.detector[l] else None
-        z_in = None if l == 0 else z[l - 1]
+        z_in = None if l == 0 or not spec.hierarchical else z[l - 1]
         above = h[l + 1] if spec.top_down[l] else None
         below = None if l == 0 else h[l - 1]
+        if spec.layer_norm:
+            return self.normed_cell(t, l, h_prev, c_prev, z_prev, flush, z_in, above, below)
 
         sparse = self.sparse_layer[l] and self.sparse_allowed(t)
         if sparse and z_in is not None:
@@ -157,11 +177,38 @@ class Loop:
             if below is not None:
                 torch.mul(below, z_in, out=X[:, col : col + H])
             if l == 0:
-                s = self.matmuls[0].forward(X, add=self.bottom_up_t[t])
+                s = self.matmuls[0][0].forward(X, add=self.bottom_up_t[t])
             else:
-                s = self.matmuls[l].forward(X, self.biases[l])
+                s = self.matmuls[l][0].forward(X, self.biases[l])
         out = (self.gates_t[l][k], self.cells_t[l][k], self.tanh_cells_t[l][k], self.hidden_t[l][t])
         z_new = cell_forward(spec, l, s, c_prev, h_prev, flush, z_in, out)
+        return out[3], out[1], z_new
+
+    def normed_cell(
+        self,
+        t: int,
+        l: int,
+        h_prev: Tensor,
+        c_prev: Tensor,
+        z_prev: Tensor,
+        flush: Tensor | None,
+        z_in: Tensor | None,
+        above: Tensor | None,
+        below: Tensor | None,
+    ) -> tuple[Tensor, Tensor, Tensor | None]:
+        """:meth:`cell` with layer norm: one multiply per projection, each normalised
+        (:mod:`hmrnn.core.fused.ln_cell`); the gates buffer holds s until the cell activates it."""
+        assert self.norm_c is not None
+        k = t if self.keep else 0
+        inputs, gates = block_inputs(h_prev, z_prev, above, below, z_in)
+        P = [mm.forward(x) for mm, x in zip(self.matmuls[l], inputs, strict=True)]
+        out = (self.gates_t[l][k], self.cells_t[l][k], self.tanh_cells_t[l][k], self.hidden_t[l][t])
+        stats, n = self.stats_t[l][k], len(P)
+        add = self.bottom_up_t[t] if l == 0 else self.biases[l]
+        assert add is not None
+        preact_forward(P, self.block_gains[l], gates, add, out[0], self.normed_t[l][k], stats)
+        norm = NormC(*self.norm_c[l], stats[:, n:])
+        z_new = cell_forward(self.spec, l, out[0], c_prev, h_prev, flush, z_in, out, norm)
         return out[3], out[1], z_new
 
     def sparse_inputs(
@@ -186,7 +233,7 @@ class Loop:
         counts = [int(o.sum()) for *_, o in gated]
         if all(n > SPARSE_BELOW * B for n in counts):
             return None
-        mm = self.matmuls[l]
+        mm = self.matmuls[l][0]
         add = self.bottom_up_t[t] if l == 0 else None
         s = mm.block(0, H).forward(h_prev, self.biases[l], add=add)
         for (k, x, gate, is_open), n in zip(gated, counts, strict=True):
@@ -251,7 +298,7 @@ class Loop:
             parts.append(pick(h[l + 1]) * z_w)
         parts.append(pick(h[l - 1]) * zin_w)
         X = torch.cat(parts, dim=1)
-        s = self.matmuls[l].forward(X, self.biases[l])
+        s = self.matmuls[l][0].forward(X, self.biases[l])
         out = (torch.empty_like(s), *(torch.empty_like(c_w) for _ in range(3)))
         flush = z_w if spec.detector[l] else None
         z_rows = cell_forward(spec, l, s, c_w, h_w, flush, zin_w, out)
@@ -268,6 +315,22 @@ class Loop:
     def _copy_rows_boundary(self, l: int, still: Tensor, h_prev: Tensor, z_new: Tensor) -> None:
         """z_t of the COPY rows ``still`` into ``z_new``: s_z = U_z h_{t-1} + b_z alone."""
         spec, H = self.spec, self.spec.H
-        wt, bias = self.matmuls[l].wt, self.biases[l]
+        wt, bias = self.matmuls[l][0].wt, self.biases[l]
         s_z = torch.addmm(bias[4 * H :], h_prev.index_select(0, still), wt[:H, 4 * H :])
         z_new.index_copy_(0, still, spec.estimator.sample(s_z, spec.slope, spec.training))
+
+
+def block_inputs(
+    h_prev: Tensor, z_prev: Tensor, above: Tensor | None, below: Tensor | None, z_in: Tensor | None
+) -> tuple[list[Tensor], list[Tensor | None]]:
+    """With layer norm, the inputs of a layer's projections (recurrent, top-down, bottom-up,
+    those it has) and the gate of each (None: ungated)."""
+    inputs: list[Tensor] = [h_prev]
+    gates: list[Tensor | None] = [None]
+    if above is not None:
+        inputs.append(above)
+        gates.append(z_prev)
+    if below is not None:
+        inputs.append(below)
+        gates.append(z_in)
+    return inputs, gates

@@ -14,8 +14,11 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 import torch
 from torch import Tensor
 
+from hmrnn.core.autograd_step import layer_norm
+
 if TYPE_CHECKING:
     from hmrnn.core.hmlstm import HMLSTM
+    from hmrnn.core.lstm import StackedLSTM
 
 USE_ONEDNN = True
 """Multiply with oneDNN's packed weights on CPU for float32 (set False to use torch's GEMM)."""
@@ -101,19 +104,64 @@ class LoopWeights(NamedTuple):
     step_weights, per layer (N, G): the recurrent, top-down and (l > 0) bottom-up blocks stacked
     (:meth:`hmrnn.core.HMLSTM.step_weight`); biases (G,) of layers 1..K-1 (layer 0's is in its
     bottom-up term).
+
+    With layer norm the g columns of the weights are not doubled (that would change the
+    normalisation's statistics); the gains and biases are, which doubles the g columns of s all
+    the same. Then step_weights are (n, H, G), one block per projection (recurrent, top-down,
+    bottom-up, those the layer has), ``gains`` per layer (n, G) the projections' gains in the
+    same order, ``input_gain`` (G_0,) the gain of layer 0's bottom-up projection, and ``norm_c``
+    per layer (gain, bias), each (H,), of c_t's normalisation.
     """
 
     input_weight: Tensor
     input_bias: Tensor
     step_weights: list[Tensor]
     biases: list[Tensor]
+    input_gain: Tensor | None = None
+    gains: list[Tensor] | None = None
+    norm_c: list[tuple[Tensor, Tensor]] | None = None
 
     def bottom_up(self, input: Tensor) -> Tensor:
-        """Layer 0's W x_t + b for every step in one multiply: (T, B, H_in) -> (T, B, G_0)."""
+        """Layer 0's W x_t + b for every step in one multiply: (T, B, H_in) -> (T, B, G_0);
+        with layer norm, the normalised projection times its gain, plus b."""
         T, B, _ = input.shape
-        return torch.addmm(self.input_bias, input.reshape(T * B, -1), self.input_weight).view(
-            T, B, -1
-        )
+        x = input.reshape(T * B, -1)
+        if self.input_gain is None:
+            out = torch.addmm(self.input_bias, x, self.input_weight)
+        else:
+            out = layer_norm(x @ self.input_weight, self.input_gain) + self.input_bias
+        return out.view(T, B, -1)
+
+    def flat(self) -> list[Tensor]:
+        """The tensors the loop differentiates, in :meth:`unflat`'s order."""
+        out = [*self.step_weights, *self.biases]
+        if self.gains is not None and self.norm_c is not None:
+            out += [*self.gains, *(w for w, _ in self.norm_c), *(b for _, b in self.norm_c)]
+        return out
+
+    @staticmethod
+    def unflat(K: int, layer_norm: bool, params: tuple[Tensor, ...]) -> LoopParams:
+        """:meth:`flat`'s list back as (step weights, biases, gains, norm_c)."""
+        weights, biases = list(params[:K]), list(params[K : 2 * K - 1])
+        if not layer_norm:
+            return weights, biases, None, None
+        rest = params[2 * K - 1 :]
+        gains, norm_c = list(rest[:K]), list(zip(rest[K : 2 * K], rest[2 * K :], strict=True))
+        return weights, biases, gains, norm_c
+
+
+LoopParams = tuple[
+    list[Tensor], list[Tensor], list[Tensor] | None, list[tuple[Tensor, Tensor]] | None
+]
+"""Step weights, biases (layers 1..K-1), and with layer norm the gains (n, G) and c's (gain,
+bias) per layer."""
+
+
+def _g_doubled(G: int, H: int, like: Tensor) -> Tensor:
+    """(G,) ones with the g columns (loop order i, f, o, g, z) at 2."""
+    scale = torch.ones(G, device=like.device, dtype=like.dtype)
+    scale[3 * H : 4 * H] = 2.0
+    return scale
 
 
 def loop_weights(rnn: HMLSTM, device: torch.device) -> LoopWeights:
@@ -121,16 +169,71 @@ def loop_weights(rnn: HMLSTM, device: torch.device) -> LoopWeights:
     back to the parameters)."""
     H, K = rnn.hidden_size, rnn.num_layers
     orders = [gate_order(H, rnn.gate_rows(l), device) for l in range(K)]
-    scales = []  # the g columns doubled: the loop computes g = tanh(s_g) as 2 sigmoid(2 s_g) - 1
+    scales = [_g_doubled(rnn.gate_rows(l), H, rnn.param("bias", l)) for l in range(K)]
+    biases = [rnn.param("bias", l)[orders[l]] * scales[l] for l in range(K)]
+    if not rnn.layer_norm:
+        input_weight = (rnn.param("weight_ih", 0)[orders[0]] * scales[0][:, None]).t()
+        step_weights = [rnn.step_weight(l)[:, orders[l]] * scales[l] for l in range(K)]
+        return LoopWeights(input_weight, biases[0], step_weights, biases[1:])
+    gains = []
     for l in range(K):
-        scale = torch.ones(rnn.gate_rows(l), device=device, dtype=rnn.param("bias", l).dtype)
-        scale[3 * H : 4 * H] = 2.0
-        scales.append(scale)
-    input_weight = (rnn.param("weight_ih", 0)[orders[0]] * scales[0][:, None]).t()
-    input_bias = rnn.param("bias", 0)[orders[0]] * scales[0]
-    step_weights = [rnn.step_weight(l)[:, orders[l]] * scales[l] for l in range(K)]
-    biases = [rnn.param("bias", l)[orders[l]] * scales[l] for l in range(1, K)]
-    return LoopWeights(input_weight, input_bias, step_weights, biases)
+        kinds = ["hh", "td"] if rnn.has_top_down(l) else ["hh"]
+        kinds += ["ih"] if l > 0 else []
+        gains.append(torch.stack([rnn.param(f"ln_{k}", l) for k in kinds])[:, orders[l]])
+        gains[-1] = gains[-1] * scales[l]
+    return LoopWeights(
+        input_weight=rnn.param("weight_ih", 0)[orders[0]].t(),
+        input_bias=biases[0],
+        step_weights=[rnn.step_weight(l)[..., orders[l]] for l in range(K)],
+        biases=biases[1:],
+        input_gain=rnn.param("ln_ih", 0)[orders[0]] * scales[0],
+        gains=gains,
+        norm_c=[(rnn.param("ln_c_weight", l), rnn.param("ln_c_bias", l)) for l in range(K)],
+    )
+
+
+def lstm_loop_weights(stack: StackedLSTM) -> LoopWeights:
+    """An LN-LSTM stack's parameters (nn.LSTM's i, f, g, o rows per layer) as the loop's."""
+    H, K = stack.hidden_size, stack.num_layers
+    device = stack.ln_ih.device
+    order = gate_order(H, 4 * H, device)
+    scale = _g_doubled(4 * H, H, stack.ln_ih)
+    weights, biases, gains = [], [], []
+    for l, lstm in enumerate(stack.layers):
+        biases.append((lstm.bias_ih_l0 + lstm.bias_hh_l0)[order] * scale)
+        blocks = [lstm.weight_hh_l0] + ([lstm.weight_ih_l0] if l > 0 else [])
+        weights.append(torch.stack([w[order].t() for w in blocks]))
+        ln = [stack.ln_hh[l]] + ([stack.ln_ih[l]] if l > 0 else [])
+        gains.append(torch.stack(ln)[:, order] * scale)
+    first = stack.layers[0]
+    return LoopWeights(
+        input_weight=first.weight_ih_l0[order].t(),
+        input_bias=biases[0],
+        step_weights=weights,
+        biases=biases[1:],
+        input_gain=stack.ln_ih[0][order] * scale,
+        gains=gains,
+        norm_c=[(stack.ln_c_weight[l], stack.ln_c_bias[l]) for l in range(K)],
+    )
+
+
+def module_loop_weights(rnn: HMLSTM | StackedLSTM, device: torch.device) -> LoopWeights:
+    """:func:`loop_weights` of an HM-LSTM, :func:`lstm_loop_weights` of an LN-LSTM stack."""
+    if hasattr(rnn, "layers"):
+        return lstm_loop_weights(rnn)  # type: ignore[arg-type]
+    return loop_weights(rnn, device)  # type: ignore[arg-type]
+
+
+def step_matmuls(
+    step_weights: list[Tensor], batch_size: int, pack: bool = True
+) -> list[list[StepMatmul]]:
+    """Per layer the step multiplies: one over the concatenated inputs (a 2-d step weight), or
+    one per projection (layer norm: (n, H, G))."""
+    out = []
+    for w in step_weights:
+        blocks = w.unbind(0) if w.dim() == 3 else [w]
+        out.append([StepMatmul(b, batch_size, pack) for b in blocks])
+    return out
 
 
 class WeightCache:
@@ -144,16 +247,20 @@ class WeightCache:
     def __init__(self) -> None:
         self._key: tuple[Any, ...] | None = None
         self._weights: LoopWeights | None = None
-        self._matmuls: list[StepMatmul] = []
+        self._matmuls: list[list[StepMatmul]] = []
 
-    def get(self, rnn: HMLSTM, input: Tensor) -> tuple[LoopWeights, list[StepMatmul]]:
-        """The weights and per-layer multiplies for ``input`` (T, B, H_in)."""
+    def get(
+        self, rnn: HMLSTM | StackedLSTM, input: Tensor
+    ) -> tuple[LoopWeights, list[list[StepMatmul]]]:
+        """The weights and per-layer multiplies (:func:`step_matmuls`) for ``input``
+        (T, B, H_in)."""
         batch_size = input.size(1)
         params = tuple((p.data_ptr(), p._version) for p in rnn.parameters())
         key = (batch_size, input.device, input.dtype, params)
         if self._weights is None or self._key != key:
-            self._weights = loop_weights(rnn, input.device)
-            self._matmuls = [StepMatmul(w, batch_size) for w in self._weights.step_weights]
+            with torch.no_grad():
+                self._weights = module_loop_weights(rnn, input.device)
+            self._matmuls = step_matmuls(self._weights.step_weights, batch_size)
             self._key = key
         return self._weights, self._matmuls
 
