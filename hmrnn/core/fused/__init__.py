@@ -102,7 +102,7 @@ def fused_forward(
 
     Returns output (T, B, K, H), h (K, B, H), c (K, B, H), z (K, B), boundaries (T, B, K).
     """
-    spec = LoopSpec.of(rnn, rnn.training, input.device)
+    spec = LoopSpec.of(rnn, rnn.training, input.device, input.dtype)
     if imposed is not None:
         imposed = imposed.to(input.dtype)
     return run_loop(spec, rnn, input, state, imposed)
@@ -110,7 +110,9 @@ def fused_forward(
 
 def lstm_forward(stack: StackedLSTM, input: Tensor, state: HMLSTMState) -> LoopOutputs:
     """The LN-LSTM stack's forward (time-major) through the same loop (every layer updates)."""
-    spec = LoopSpec.lstm(stack.num_layers, stack.hidden_size, stack.training)
+    spec = LoopSpec.lstm(
+        stack.num_layers, stack.hidden_size, stack.training, input.device, input.dtype
+    )
     return run_loop(spec, stack, input, state, None)
 
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from hmrnn.core.fused.cell import NormC, boundary_backward, cell_backward
-from hmrnn.core.fused.ln_cell import preact_backward
+from hmrnn.core.fused import ops
+from hmrnn.core.fused.cell import NormC
 from hmrnn.core.fused.loop import Loop, block_inputs
 
 LoopGrads = tuple[Tensor, Tensor, Tensor, Tensor, list[Tensor]]
@@ -106,11 +106,10 @@ class Backward:
         z_in = None if l == 0 else loop.bounds_t[t][l - 1]
         X, gates, ds = loop.inputs_t[l][t], loop.gates_t[l][t], self.g_preact[l][t]
         tc, flush = loop.tanh_cells_t[l][t], z_prev if spec.detector[l] else None
-        self.g_c[l], carry, g_zin, g_flush = cell_backward(
-            spec, gates, tc, c_prev, X[:, :H], flush, z_in, g_hl, self.g_c[l], ds
-        )
-        if spec.detector[l]:
-            boundary_backward(spec, gates, loop.bounds_t[t][l], g_zl, ds)
+        self.g_c[l], carry, g_zin, g_flush = ops.cell_backward(
+            spec, gates, tc, c_prev, X[:, :H], flush, z_in, g_hl, self.g_c[l], ds, None,
+            loop.bounds_t[t][l], g_zl,
+        )  # fmt: skip
         gx = loop.matmuls[l][0].backward(ds)
         g_h[l] = gx[:, :H] if carry is None else gx[:, :H] + carry
         g_zprev = g_flush
@@ -145,23 +144,18 @@ class Backward:
         norm = NormC(*loop.norm_c[l], stats[:, n:], loop.cells_t[l][t], *self.g_norm_c[l])
         flush = z_prev if spec.detector[l] else None
         acts, tc = loop.gates_t[l][t], loop.tanh_cells_t[l][t]
-        self.g_c[l], carry, g_zin, g_flush = cell_backward(
-            spec, acts, tc, c_prev, h_prev, flush, z_in, g_hl, self.g_c[l], ds, norm
-        )
-        if spec.detector[l]:
-            boundary_backward(spec, acts, loop.bounds_t[t][l], g_zl, ds)
+        self.g_c[l], carry, g_zin, g_flush = ops.cell_backward(
+            spec, acts, tc, c_prev, h_prev, flush, z_in, g_hl, self.g_c[l], ds, norm,
+            loop.bounds_t[t][l], g_zl,
+        )  # fmt: skip
         if l > 0:
             self.g_bias[l].add_(ds.sum(0))
         g_P = self.g_proj_t[l][t]
-        g_gates = preact_backward(
-            ds,
-            list(loop.normed_t[l][t]),
-            stats,
-            list(loop.block_gains[l]),
-            gates,
-            list(self.g_gains[l].unbind(0)),
+        assert loop.gains is not None
+        g_gates = ops.preact_backward(
+            spec, ds, list(loop.normed_t[l][t]), stats, loop.gains[l], gates, self.g_gains[l],
             list(g_P),
-        )
+        )  # fmt: skip
         gx = [mm.backward(dP) for mm, dP in zip(loop.matmuls[l], g_P, strict=True)]
         g_h[l] = gx[0] if carry is None else gx[0] + carry
         g_zprev, k = g_flush, 1
@@ -215,11 +209,10 @@ class Backward:
             ds = X.new_empty(rows.numel(), loop.gates[l].size(-1))
             gates, tc = pick(loop.gates_t[l][t]), pick(loop.tanh_cells_t[l][t])
             g_h_rows, g_c_rows = pick(g_hl), pick(self.g_c[l])
-            g_c_prev, carry, _, _ = cell_backward(
-                spec, gates, tc, pick(c_prev), X[:, :H], flush, z_in, g_h_rows, g_c_rows, ds
-            )
-            if spec.detector[l]:
-                boundary_backward(spec, gates, None, None, ds)
+            g_c_prev, carry, _, _ = ops.cell_backward(
+                spec, gates, tc, pick(c_prev), X[:, :H], flush, z_in, g_h_rows, g_c_rows, ds,
+                None, None, None,
+            )  # fmt: skip
             self.g_preact[l][t].index_copy_(0, rows, ds)
             gx = loop.matmuls[l][0].backward(ds)
             new_gh.index_copy_(0, rows, gx[:, :H] + carry)

@@ -8,12 +8,19 @@ Gate columns are in the loop's order i, f, o, g, z with the g columns doubled
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor
 
-from hmrnn.core.boundary import BoundaryEstimator
+from hmrnn.core.boundary import (
+    STEP,
+    BernoulliEstimator,
+    BoundaryEstimator,
+    SoftEstimator,
+    StepEstimator,
+)
+from hmrnn.core.fused import native
 from hmrnn.core.fused.ln_cell import norm_c_backward, norm_c_forward
 
 if TYPE_CHECKING:
@@ -39,14 +46,20 @@ class LoopSpec:
     skip_copy: bool  # COPY rows may be left out (see Loop.sparse_allowed)
     layer_norm: bool = False  # projections normalised separately, tanh of the normalised c
     hierarchical: bool = True  # False: an LSTM stack (every layer updates, nothing gated)
-
-    def blocks(self, l: int) -> int:
-        """How many projections layer l multiplies per step: recurrent, top-down, bottom-up."""
-        return 1 + int(self.top_down[l]) + int(l > 0)
+    native: bool = False  # the C++ cell (hmrnn.core.fused.native) does the element-wise work
+    sample_mode: int = 0  # the C++ cell's z: 0 the estimator's sample(), 1 step, 2 soft
+    grad_mode: int = 0  # its d z: 0 the estimator's grad(), 1 straight-through, 2 soft
 
     @classmethod
-    def of(cls, rnn: HMLSTM, training: bool, device: torch.device | None = None) -> LoopSpec:
-        """``rnn``'s settings; its estimator is looked up once, here."""
+    def of(
+        cls,
+        rnn: HMLSTM,
+        training: bool,
+        device: torch.device | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> LoopSpec:
+        """``rnn``'s settings; its estimator is looked up once, here; the C++ cell serves CPU
+        tensors in float32 and float64 where it can be built."""
         K = rnn.num_layers
         estimator = rnn.estimator
         # row counts would synchronise a GPU at every step; random draws must match the dense
@@ -67,14 +80,15 @@ class LoopSpec:
             slope=float(rnn.slope),
             skip_copy=skip_copy and not rnn.layer_norm,
             layer_norm=rnn.layer_norm,
+            **native_modes(estimator, training, device, dtype or rnn.slope.dtype),
         )
 
     @classmethod
-    def lstm(cls, K: int, H: int, training: bool) -> LoopSpec:
+    def lstm(
+        cls, K: int, H: int, training: bool, device: torch.device, dtype: torch.dtype
+    ) -> LoopSpec:
         """The LN-LSTM stack (:class:`hmrnn.core.lstm.StackedLSTM`): the HM-LSTM's loop with
         every layer updating (no boundaries, no top-down input)."""
-        from hmrnn.core.boundary import STEP
-
         return cls(
             K=K,
             H=H,
@@ -87,7 +101,31 @@ class LoopSpec:
             skip_copy=False,
             layer_norm=True,
             hierarchical=False,
+            **native_modes(STEP, training, device, dtype),
         )
+
+
+def native_modes(
+    estimator: BoundaryEstimator,
+    training: bool,
+    device: torch.device | None,
+    dtype: torch.dtype,
+) -> dict[str, Any]:
+    """LoopSpec's ``native``, ``sample_mode`` and ``grad_mode``: the built-in estimators' rules
+    are written into the C++ cell; any other estimator's sample() and grad() are called from
+    Python around it."""
+    if not native.usable(device or torch.device("cpu"), dtype):
+        return {"native": False}
+    kind = type(estimator)
+    sample = 0
+    if kind.sample is StepEstimator.sample or (
+        kind.sample is BernoulliEstimator.sample and not training
+    ):
+        sample = 1
+    elif kind.sample is SoftEstimator.sample:
+        sample = 2
+    grad = {StepEstimator.grad: 1, SoftEstimator.grad: 2}.get(kind.grad, 0)
+    return {"native": True, "sample_mode": sample, "grad_mode": grad}
 
 
 @dataclass

@@ -11,8 +11,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from hmrnn.core.fused.cell import LoopSpec, NormC, cell_forward, masks
-from hmrnn.core.fused.ln_cell import preact_forward
+from hmrnn.core.fused import ops
+from hmrnn.core.fused.cell import LoopSpec, NormC, masks
 from hmrnn.core.fused.weights import StepMatmul
 
 SPARSE_MIN_WEIGHT = 400_000
@@ -69,7 +69,6 @@ class Loop:
         self.T, self.B, _ = bottom_up.shape
         self.matmuls = matmuls
         self.biases: list[Tensor | None] = [None, *biases]  # layer 0's is in bottom_up
-        self.block_gains = [] if self.gains is None else [g.unbind(0) for g in self.gains]
         self._allocate(bottom_up)
         self.bottom_up_t = bottom_up.unbind(0)
         self.sparse_layer = [sum(m.wt.numel() for m in ms) >= SPARSE_MIN_WEIGHT for ms in matmuls]
@@ -148,7 +147,6 @@ class Loop:
         """Layer l at step t from the latest h, c, z (B, H), (B, H), (B, 1) of every layer
         (layers below l already at step t): writes h_t and returns (h_t, c_t, z_t or None)."""
         spec = self.spec
-        H = spec.H
         k = t if self.keep else 0
         z_prev, h_prev, c_prev = z[l], h[l], c[l]
         flush = z_prev if spec.detector[l] else None
@@ -169,19 +167,13 @@ class Loop:
             s = self.sparse_inputs(t, l, h_prev, z_prev, above, below, z_in)
         if s is None:  # one multiply over the gated, concatenated inputs
             X = self.inputs_t[l][k]
-            X[:, :H].copy_(h_prev)
-            col = H
-            if above is not None:
-                torch.mul(above, z_prev, out=X[:, H : 2 * H])
-                col = 2 * H
-            if below is not None:
-                torch.mul(below, z_in, out=X[:, col : col + H])
+            ops.gather(spec, X, h_prev, above, z_prev, below, z_in)
             if l == 0:
                 s = self.matmuls[0][0].forward(X, add=self.bottom_up_t[t])
             else:
                 s = self.matmuls[l][0].forward(X, self.biases[l])
         out = (self.gates_t[l][k], self.cells_t[l][k], self.tanh_cells_t[l][k], self.hidden_t[l][t])
-        z_new = cell_forward(spec, l, s, c_prev, h_prev, flush, z_in, out)
+        z_new = ops.cell_forward(spec, l, s, c_prev, h_prev, flush, z_in, out)
         return out[3], out[1], z_new
 
     def normed_cell(
@@ -206,9 +198,11 @@ class Loop:
         stats, n = self.stats_t[l][k], len(P)
         add = self.bottom_up_t[t] if l == 0 else self.biases[l]
         assert add is not None
-        preact_forward(P, self.block_gains[l], gates, add, out[0], self.normed_t[l][k], stats)
+        assert self.gains is not None
+        spec = self.spec
+        ops.preact_forward(spec, P, self.gains[l], gates, add, out[0], self.normed_t[l][k], stats)
         norm = NormC(*self.norm_c[l], stats[:, n:])
-        z_new = cell_forward(self.spec, l, out[0], c_prev, h_prev, flush, z_in, out, norm)
+        z_new = ops.cell_forward(spec, l, out[0], c_prev, h_prev, flush, z_in, out, norm)
         return out[3], out[1], z_new
 
     def sparse_inputs(
@@ -301,7 +295,7 @@ class Loop:
         s = self.matmuls[l][0].forward(X, self.biases[l])
         out = (torch.empty_like(s), *(torch.empty_like(c_w) for _ in range(3)))
         flush = z_w if spec.detector[l] else None
-        z_rows = cell_forward(spec, l, s, c_w, h_w, flush, zin_w, out)
+        z_rows = ops.cell_forward(spec, l, s, c_w, h_w, flush, zin_w, out)
         gates, c_rows, tc_rows, h_rows = out
         self.hidden_t[l][t].index_copy_(0, rows, h_rows)
         self.cells_t[l][k].index_copy_(0, rows, c_rows)

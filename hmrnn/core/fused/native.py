@@ -1,0 +1,91 @@
+"""The fused per-step cell in C++ (``native.cpp``), built on first use and cached.
+
+:func:`kernels` returns the C++ functions when they can be built (a C++ compiler and ninja, CPU
+tensors in float32 or float64), else None, and the loop then runs the torch-operation versions of
+:mod:`hmrnn.core.fused.cell` and :mod:`hmrnn.core.fused.ln_cell` (the same equations, about 80
+small operations per step instead of 2-3 calls). The first build takes about a minute on two
+cores; it is logged with its time and kept in torch's extension cache (``TORCH_EXTENSIONS_DIR``,
+by default ``~/.cache/torch_extensions``), so later processes load it in about a second.
+
+``HMRNN_NATIVE=0`` turns the C++ cell off (the torch-operation loop runs); a build that fails is
+logged once as a warning, with the reason, and not tried again in that process.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import time
+from pathlib import Path
+from types import ModuleType
+
+import torch
+
+log = logging.getLogger(__name__)
+
+SOURCE = Path(__file__).with_name("native.cpp")
+
+_module: ModuleType | None = None
+_tried = False
+build_seconds: float | None = None
+"""How long this process took to build or load the extension (None: not yet, or not built)."""
+
+
+def enabled() -> bool:
+    """Whether the C++ cell may be used (``HMRNN_NATIVE`` is not 0)."""
+    return os.environ.get("HMRNN_NATIVE", "1").strip().lower() not in ("0", "false", "no", "off")
+
+
+def _flags() -> list[str]:
+    """Compiler flags: optimised, and the vector instructions this CPU has (the cache is keyed
+    by them, so a machine without AVX2 builds its own)."""
+    flags = ["-O3", "-fno-math-errno", "-fno-trapping-math", "-fopenmp-simd"]
+    capability = torch.backends.cpu.get_cpu_capability()
+    if capability in ("AVX2", "AVX512"):
+        flags += ["-mavx2", "-mfma"]
+    return flags
+
+
+def _name(flags: list[str]) -> str:
+    digest = hashlib.sha1(SOURCE.read_bytes() + " ".join(flags).encode()).hexdigest()[:12]
+    return f"hmrnn_cell_{digest}"
+
+
+def kernels() -> ModuleType | None:
+    """The built extension, building it on the first call; None where it cannot be built or is
+    turned off."""
+    global _module, _tried, build_seconds
+    if _module is not None or _tried or not enabled():
+        return _module
+    _tried = True
+    flags = _flags()
+    start = time.perf_counter()
+    try:
+        from torch.utils.cpp_extension import load
+
+        log.info("building the fused C++ cell (the first time takes about a minute)")
+        _module = load(
+            name=_name(flags),
+            sources=[str(SOURCE)],
+            extra_cflags=flags,
+            verbose=False,
+        )
+    except Exception as error:  # no compiler, no ninja, headers missing: the torch loop runs
+        log.warning(
+            "the fused C++ cell could not be built (%s); the loop runs torch operations "
+            "instead (slower). Install a C++ compiler and ninja, or set HMRNN_NATIVE=0 to "
+            "silence this.",
+            str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__,
+        )
+        return None
+    build_seconds = time.perf_counter() - start
+    log.info("fused C++ cell ready in %.1f s", build_seconds)
+    return _module
+
+
+def usable(device: torch.device, dtype: torch.dtype) -> bool:
+    """Whether the C++ cell serves tensors of this device and dtype (building it if needed)."""
+    if device.type != "cpu" or dtype not in (torch.float32, torch.float64):
+        return False
+    return kernels() is not None

@@ -1,0 +1,137 @@
+"""The loop's per-step element-wise work: the C++ cell where ``spec.native``, else torch operations.
+
+Both compute the same equations on the same buffers (:mod:`.cell`, :mod:`.ln_cell`,
+``native.cpp``); the loop and its backward call only these.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from hmrnn.core.fused import cell, ln_cell, native
+from hmrnn.core.fused.cell import CellBuffers, CellGrads, LoopSpec, NormC
+
+
+def gather(
+    spec: LoopSpec,
+    X: Tensor,
+    h_prev: Tensor,
+    above: Tensor | None,
+    z_above: Tensor | None,
+    below: Tensor | None,
+    z_below: Tensor | None,
+) -> None:
+    """Writes the step multiply's input [h_prev, z_above above, z_below below] into ``X``
+    (without layer norm; absent blocks are left out, ``z_below`` None is 1)."""
+    if spec.native:
+        native.kernels().gather(X, h_prev, above, z_above, below, z_below)
+        return
+    H = spec.H
+    X[:, :H].copy_(h_prev)
+    col = H
+    if above is not None:
+        torch.mul(above, z_above, out=X[:, H : 2 * H])
+        col = 2 * H
+    if below is not None:
+        if z_below is None:
+            X[:, col : col + H].copy_(below)
+        else:
+            torch.mul(below, z_below, out=X[:, col : col + H])
+
+
+def preact_forward(
+    spec: LoopSpec,
+    P: list[Tensor],
+    gains: Tensor,
+    gates: list[Tensor | None],
+    add: Tensor,
+    s: Tensor,
+    xhat: list[Tensor],
+    stats: Tensor,
+) -> None:
+    """:func:`hmrnn.core.fused.ln_cell.preact_forward`; ``gains`` (n, G), ``stats`` (M, >= n)."""
+    if spec.native:
+        native.kernels().preact_forward(P, gains, gates, add.expand_as(s), s, xhat, stats)
+    else:
+        ln_cell.preact_forward(P, list(gains.unbind(0)), gates, add, s, xhat, stats)
+
+
+def cell_forward(
+    spec: LoopSpec,
+    l: int,
+    s: Tensor,
+    c_prev: Tensor,
+    h_prev: Tensor,
+    flush: Tensor | None,
+    z_in: Tensor | None,
+    out: CellBuffers,
+    norm: NormC | None = None,
+) -> Tensor | None:
+    """:func:`hmrnn.core.fused.cell.cell_forward`."""
+    if not spec.native:
+        return cell.cell_forward(spec, l, s, c_prev, h_prev, flush, z_in, out, norm)
+    gates, c_new, tc, h_new = out
+    z_new = None
+    if spec.detector[l]:
+        z_new = s.new_empty(s.size(0), 1)
+    mode = spec.sample_mode if z_new is not None else 0
+    gain, bias, stats = (None, None, None) if norm is None else (norm.gain, norm.bias, norm.stats)
+    native.kernels().cell_forward(
+        s, c_prev, h_prev, flush, z_in, gates, c_new, tc, h_new, z_new if mode else None,
+        mode, spec.slope, gain, bias, stats,
+    )  # fmt: skip
+    if z_new is not None and mode == 0:
+        z_new = spec.estimator.sample(gates[:, 4 * spec.H :], spec.slope, spec.training)
+    return z_new
+
+
+def cell_backward(
+    spec: LoopSpec,
+    gates: Tensor,
+    tc: Tensor,
+    c_prev: Tensor,
+    h_prev: Tensor,
+    flush: Tensor | None,
+    z_in: Tensor | None,
+    g_h: Tensor,
+    g_c: Tensor,
+    ds: Tensor,
+    norm: NormC | None,
+    z: Tensor | None,
+    g_z: Tensor | None,
+) -> CellGrads:
+    """:func:`hmrnn.core.fused.cell.cell_backward`, and for a layer with a detector the z column
+    of ``ds`` (:func:`~hmrnn.core.fused.cell.boundary_backward`; ``g_z`` None: zero)."""
+    detector = gates.size(1) > 4 * spec.H
+    if not spec.native:
+        grads = cell.cell_backward(spec, gates, tc, c_prev, h_prev, flush, z_in, g_h, g_c, ds, norm)
+        if detector:
+            cell.boundary_backward(spec, gates, z, g_z, ds)
+        return grads
+    n = (None,) * 5 if norm is None else (norm.gain, norm.stats, norm.c, norm.g_gain, norm.g_bias)
+    grads = native.kernels().cell_backward(
+        gates, tc, c_prev, h_prev, flush, z_in, g_h, g_c, ds, spec.grad_through_ops,
+        spec.grad_mode, spec.slope, g_z, *n,
+    )  # fmt: skip
+    if detector and spec.grad_mode == 0:
+        cell.boundary_backward(spec, gates, z, g_z, ds)
+    return grads
+
+
+def preact_backward(
+    spec: LoopSpec,
+    ds: Tensor,
+    xhat: list[Tensor],
+    stats: Tensor,
+    gains: Tensor,
+    gates: list[Tensor | None],
+    g_gains: Tensor,
+    g_P: list[Tensor],
+) -> list[Tensor | None]:
+    """:func:`hmrnn.core.fused.ln_cell.preact_backward`; ``gains`` and ``g_gains`` (n, G)."""
+    if spec.native:
+        return native.kernels().preact_backward(ds, xhat, stats, gains, gates, g_gains, g_P)
+    return ln_cell.preact_backward(
+        ds, xhat, stats, list(gains.unbind(0)), gates, list(g_gains.unbind(0)), g_P
+    )
