@@ -4,15 +4,19 @@
     python benchmarks/throughput.py --mode train eval --rates 1.0 0.2 0.05 --reference
     python benchmarks/throughput.py --device cuda --markdown docs/performance.md
 
-Every model runs in one process, interleaved (so drifts in machine load hit all of them), after
-a warm-up; each time is the fastest of ``--repeats`` steps over two rounds. A training
-step is forward + backward through the recurrent stack with a sum loss; an evaluation step is a
-forward pass under ``torch.no_grad``. ``--rates`` imposes the boundaries: each layer l < K fires
-on a fraction ``rates[l+1]`` of the steps (nested, so a layer fires only where the one below
+Every model runs in one process, interleaved: after a warm-up, each of ``--repeats`` rounds
+times one step of every model in turn, so that drifts in the machine's load hit all of them
+alike. A model's ratio is the median over the rounds of its time divided by nn.LSTM's time in
+the same round, and the spread is the lowest and highest of those per-round ratios; chars/s comes
+from its median time. A training step is forward + backward through the recurrent stack with a
+sum loss; an evaluation step is a forward pass under ``torch.no_grad``. ``--rates`` imposes
+the boundaries: each layer l < K fires on a fraction ``rates[l+1]`` of the steps (nested, so a layer fires only where the one below
 does), which makes layer l+1 active on about that fraction; without it the detectors decide.
-``--autograd`` adds the HM-LSTM built from autograd operations (``HMLSTM.fused = False``, the
-path layer norm takes) to show what the hand-written loop gains; ``--layer-norm`` adds the
-HM-LSTM with layer norm (``layer_norm``).
+``--autograd`` adds the HM-LSTM built from autograd operations (``HMLSTM.fused = False``) to
+show what the hand-written loop gains; ``--torch-ops`` the loop without its C++ cell
+(``HMLSTM.native = False``, what runs where there is no compiler); ``--layer-norm`` the HM-LSTM
+with layer norm (``layer_norm``) and the paper's LN-LSTM baseline (``ln_lstm``, StackedLSTM
+with layer norm), each also in the variants those two flags ask for.
 
 Memory (training): the peak memory of one training step above what the process held before it.
 On CPU it is measured in a fresh subprocess per model (Linux) as the resident set's high-water
@@ -25,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import subprocess
 import sys
 import time
@@ -33,7 +38,7 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from hmrnn.core import HMLSTM, reference_forward
+from hmrnn.core import HMLSTM, StackedLSTM, reference_forward
 from hmrnn.core.analysis import operation_counts
 
 
@@ -55,21 +60,13 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize()
 
 
-def timed(step: Callable[[], None], repeats: int, warmup: int, device: torch.device) -> float:
-    """Fastest of ``repeats`` runs of ``step()`` after ``warmup`` runs (seconds).
-
-    The minimum, not the median: on a shared machine the noise only ever adds time.
-    """
-    for _ in range(warmup):
-        step()
+def timed(step: Callable[[], None], device: torch.device) -> float:
+    """Seconds one run of ``step()`` takes."""
     synchronize(device)
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        step()
-        synchronize(device)
-        times.append(time.perf_counter() - start)
-    return min(times)
+    start = time.perf_counter()
+    step()
+    synchronize(device)
+    return time.perf_counter() - start
 
 
 def peak_cpu_mb(args: argparse.Namespace, name: str, H: int, B: int) -> float:
@@ -122,11 +119,15 @@ def build(names, H: int, B: int, spec: dict, device: torch.device):
         bounds = imposed_boundaries(spec["rates"], T, B, K).to(device)
     models: dict[str, nn.Module] = {}
     for name in names:
-        if name == "nn.LSTM":
+        base, _, variant = ("hmlstm:autograd" if name == "autograd" else name).partition(":")
+        if base == "nn.LSTM":
             models[name] = nn.LSTM(H_in, H, K)
+        elif base == "ln_lstm":
+            models[name] = StackedLSTM(H_in, H, K, layer_norm=True)
         else:
-            models[name] = HMLSTM(H_in, H, K, layer_norm=name == "layer_norm")
-            models[name].fused = name != "autograd"
+            models[name] = HMLSTM(H_in, H, K, layer_norm=base == "layer_norm")
+        models[name].fused = variant != "autograd"
+        models[name].native = variant != "torch_ops"
         models[name].to(device)
     return models, x, bounds
 
@@ -134,22 +135,27 @@ def build(names, H: int, B: int, spec: dict, device: torch.device):
 def make_runner(name: str, model: nn.Module, x: torch.Tensor, bounds: torch.Tensor | None):
     if name == "reference":
         return lambda: reference_forward(model, x, None, bounds)[0]  # type: ignore[arg-type]
-    if name == "nn.LSTM":
+    if name == "nn.LSTM" or name.startswith("ln_lstm"):
         return lambda: model(x)[0]
     return lambda: model(x, None, bounds)[0]
+
+
+def model_names(args: argparse.Namespace) -> list[str]:
+    """The models to time: a base name, and ``base:torch_ops`` / ``base:autograd`` variants
+    (``autograd`` alone for the HM-LSTM's, as in earlier tables)."""
+    variants = [v for v, on in (("torch_ops", args.torch_ops), ("autograd", args.autograd)) if on]
+    names = ["nn.LSTM"]
+    for base in ["hmlstm"] + (["layer_norm", "ln_lstm"] if args.layer_norm else []):
+        names += [base, *(f"{base}:{v}" for v in variants)]
+    if args.reference:
+        names.append("reference")
+    return ["autograd" if n == "hmlstm:autograd" else n for n in names]
 
 
 def measure(args: argparse.Namespace, H: int, B: int, device: torch.device) -> list[dict]:
     torch.manual_seed(0)
     T = args.length
-    names = ["nn.LSTM", "hmlstm"]
-    if args.autograd:
-        names.append("autograd")
-    if args.layer_norm:
-        names.append("layer_norm")
-    if args.reference:
-        names.append("reference")
-    models, x, bounds = build(names, H, B, vars(args), device)
+    models, x, bounds = build(model_names(args), H, B, vars(args), device)
     runners = {n: make_runner(n, m, x, bounds) for n, m in models.items()}
     rows = []
     for mode in args.mode:
@@ -166,19 +172,24 @@ def measure(args: argparse.Namespace, H: int, B: int, device: torch.device) -> l
                 run().float().sum().backward()
 
             steps[name] = step
-        best = {n: float("inf") for n in steps}
-        for _ in range(2):  # interleaved rounds
+        for _ in range(args.warmup):
+            for step in steps.values():
+                step()
+        times: dict[str, list[float]] = {n: [] for n in steps}
+        for _ in range(args.repeats):  # interleaved rounds
             for name, step in steps.items():
-                best[name] = min(best[name], timed(step, args.repeats, args.warmup, device))
+                times[name].append(timed(step, device))
         for name in steps:
+            ratios = [t / base for t, base in zip(times[name], times["nn.LSTM"], strict=True)]
             row = {
                 "mode": mode,
                 "H": H,
                 "B": B,
                 "model": name,
-                "seconds": best[name],
-                "chars_per_sec": T * B / best[name],
-                "ratio": best[name] / best["nn.LSTM"],
+                "seconds": statistics.median(times[name]),
+                "chars_per_sec": T * B / statistics.median(times[name]),
+                "ratio": statistics.median(ratios),
+                "spread": (min(ratios), max(ratios)),
             }
             if mode == "train" and device.type == "cuda":
                 torch.cuda.reset_peak_memory_stats()
@@ -196,8 +207,8 @@ def measure(args: argparse.Namespace, H: int, B: int, device: torch.device) -> l
 
 def table(rows: list[dict]) -> str:
     has_peak = any("peak_mb" in r for r in rows)
-    head = "| mode | H | B | model | chars/s | time / nn.LSTM |"
-    sep = "|---|---:|---:|---|---:|---:|"
+    head = "| mode | H | B | model | chars/s | time / nn.LSTM | spread |"
+    sep = "|---|---:|---:|---|---:|---:|---:|"
     if has_peak:
         head, sep = head + " peak MB | MB / nn.LSTM |", sep + "---:|---:|"
     lines = [head, sep]
@@ -206,7 +217,7 @@ def table(rows: list[dict]) -> str:
     for r in rows:
         line = (
             f"| {r['mode']} | {r['H']} | {r['B']} | {r['model']} | {r['chars_per_sec']:,.0f} "
-            f"| {r['ratio']:.2f}x |"
+            f"| {r['ratio']:.2f}x | {r['spread'][0]:.2f}-{r['spread'][1]:.2f} |"
         )
         if has_peak:
             base = lstm_mb.get(key(r))
@@ -237,7 +248,14 @@ def main() -> None:
         "--autograd", action="store_true", help="also time the HM-LSTM built from autograd ops"
     )
     parser.add_argument(
-        "--layer-norm", action="store_true", help="also time the HM-LSTM with layer norm"
+        "--torch-ops",
+        action="store_true",
+        help="also time the loop without its C++ cell (HMLSTM.native = False)",
+    )
+    parser.add_argument(
+        "--layer-norm",
+        action="store_true",
+        help="also time the HM-LSTM with layer norm and the LN-LSTM baseline",
     )
     parser.add_argument(
         "--memory", action="store_true", help="measure each training step's peak memory (CPU)"
@@ -245,7 +263,7 @@ def main() -> None:
     parser.add_argument(
         "--_memory-child", dest="memory_child", default=None, help=argparse.SUPPRESS
     )
-    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--repeats", type=int, default=7, help="interleaved rounds")
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
     parser.add_argument("--device", default="cpu")
@@ -263,7 +281,7 @@ def main() -> None:
         f"torch {torch.__version__}, device {device}"
         f"{' (' + torch.cuda.get_device_name() + ')' if device.type == 'cuda' else ''}, "
         f"{torch.get_num_threads()} threads, K={args.layers}, T={args.length}, "
-        f"H_in={args.input_size}, boundaries: "
+        f"H_in={args.input_size}, {args.repeats} interleaved rounds, boundaries: "
         f"{'imposed ' + '/'.join(f'{r:.0%}' for r in args.rates) if args.rates else 'learned'}"
     )
     print(header + "\n", flush=True)
@@ -271,8 +289,7 @@ def main() -> None:
     for H in args.hidden:
         for B in args.batch:
             rows += measure(args, H, B, device)
-            extra = int(args.reference) + int(args.autograd) + int(args.layer_norm)
-            per_size = len(args.mode) * (2 + extra)
+            per_size = len(args.mode) * len(model_names(args))
             print(table(rows[-per_size:]), flush=True)
     text = f"{header}\n\n{table(rows)}\n"
     print("\n" + text)

@@ -18,9 +18,10 @@ COPY / UPDATE / FLUSH are masks, never branches:
 which is the product form ``flush*(i*g) + update*(f*c + i*g) + copy*c`` rearranged using
 ``flush + update + copy = 1``. A COPY row (copy = 1) leaves h and c bit-identical.
 
-Without layer norm :meth:`HMLSTM.forward` runs the same equations through the hand-written loop
-of :mod:`hmrnn.core.fused` (its own backward through time, COPY skipping); the autograd
-implementation of :mod:`hmrnn.core.autograd_step` serves layer norm and ``HMLSTM.fused = False``.
+:meth:`HMLSTM.forward` runs the same equations through the hand-written loop of
+:mod:`hmrnn.core.fused` (its own backward through time, layer norm by hand, COPY skipping, the
+per-step element-wise work in one C++ call); the autograd implementation of
+:mod:`hmrnn.core.autograd_step` serves ``HMLSTM.fused = False``.
 """
 
 from __future__ import annotations
@@ -83,10 +84,12 @@ class HMLSTM(nn.Module):
         boundaries: (T, B, K), z_t^l as used; column K-1 is zero unless ``top_layer_boundary``.
 
     Attributes (plain, not saved): ``fused`` (default True) runs the hand-written loop of
-    :mod:`hmrnn.core.fused` when layer norm is off; ``skip_copy`` (default True) lets that loop
-    skip the work of COPY rows (CPU, evaluation, and training with imposed boundaries). Both
-    change results only by rounding. ``fused_weights`` keeps that loop's weights, reordered and
-    packed, between passes without autograd (:class:`hmrnn.core.fused.WeightCache`).
+    :mod:`hmrnn.core.fused`; ``native`` (default True) lets that loop do each step's
+    element-wise work in the C++ cell (:mod:`hmrnn.core.fused.native`, CPU, where it builds);
+    ``skip_copy`` (default True) lets it skip the work of COPY rows (CPU, evaluation, and
+    training with imposed boundaries). They change results only by rounding.
+    ``fused_weights`` keeps that loop's weights, reordered and packed, between passes without
+    autograd (:class:`hmrnn.core.fused.WeightCache`).
 
     Parameters (per layer l, G = 4H+1 rows with a detector, 4H without; rows are i, f, g, o, z):
         weight_ih_l{l}: (G, H_in or H) bottom-up;  weight_hh_l{l}: (G, H) recurrent;
@@ -122,7 +125,8 @@ class HMLSTM(nn.Module):
         self.top_layer_boundary = top_layer_boundary
         self.grad_through_ops = grad_through_ops
         self.batch_first = batch_first
-        self.fused = True  # without layer norm, run the hand-written loop (hmrnn.core.fused)
+        self.fused = True  # run the hand-written loop (hmrnn.core.fused)
+        self.native = True  # with its per-step work in C++ where it builds (fused.native)
         # and there skip the work of COPY rows: in evaluation, and in training with imposed
         # boundaries (layers with large weights only; hmrnn.core.fused.Loop.sparse_allowed)
         self.skip_copy = True

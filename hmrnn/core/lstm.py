@@ -27,7 +27,8 @@ class StackedLSTM(nn.Module):
     Outputs: output (T, B, K, H), state (z all zeros), boundaries (T, B, K) all zeros.
 
     Attributes (plain, not saved), with layer norm: ``fused`` (default True) runs the
-    hand-written loop; ``fused_weights`` keeps its weights between passes without autograd.
+    hand-written loop, ``native`` (default True) with its per-step work in C++;
+    ``fused_weights`` keeps its weights between passes without autograd.
     """
 
     def __init__(
@@ -45,6 +46,7 @@ class StackedLSTM(nn.Module):
         self.input_size, self.hidden_size, self.num_layers = input_size, hidden_size, num_layers
         self.layer_norm, self.batch_first = layer_norm, batch_first
         self.fused = True
+        self.native = True
         self.fused_weights = WeightCache()
         sizes = [input_size] + [hidden_size] * (num_layers - 1)
         self.layers = nn.ModuleList(nn.LSTM(n, hidden_size) for n in sizes)

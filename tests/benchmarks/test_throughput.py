@@ -16,7 +16,7 @@ def test_throughput_script_writes_a_markdown_table(tmp_path: Path) -> None:
         str(ROOT / "benchmarks" / "throughput.py"),
         *("--hidden", "32", "--batch", "4", "--length", "6", "--threads", "1"),
         *("--mode", "train", "eval", "--rates", "1.0", "0.5", "0.25"),
-        *("--autograd", "--layer-norm", "--reference", "--memory"),
+        *("--autograd", "--torch-ops", "--layer-norm", "--reference", "--memory"),
         *("--repeats", "1", "--warmup", "0"),
         *("--markdown", str(out)),
     ]
@@ -27,10 +27,12 @@ def test_throughput_script_writes_a_markdown_table(tmp_path: Path) -> None:
     rows = [line for line in text.splitlines() if line.startswith(("| train", "| eval"))]
     models = {(r.split("|")[1].strip(), r.split("|")[4].strip()) for r in rows}
     for mode in ("train", "eval"):
-        for model in ("nn.LSTM", "hmlstm", "autograd", "layer_norm", "reference"):
+        for model in ("nn.LSTM", "hmlstm", "autograd", "layer_norm", "ln_lstm", "reference"):
             assert (mode, model) in models
     for row in rows:
         cells = [c.strip() for c in row.split("|")[1:-1]]
         assert float(cells[4].replace(",", "")) > 0  # chars/s
+        low, high = (float(v) for v in cells[6].split("-"))
+        assert 0 < low <= float(cells[5].rstrip("x")) <= high  # the median inside the spread
         if cells[0] == "train":
-            assert float(cells[6]) >= 0  # peak MB measured for every training row
+            assert float(cells[7]) >= 0  # peak MB measured for every training row

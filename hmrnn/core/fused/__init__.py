@@ -111,7 +111,12 @@ def fused_forward(
 def lstm_forward(stack: StackedLSTM, input: Tensor, state: HMLSTMState) -> LoopOutputs:
     """The LN-LSTM stack's forward (time-major) through the same loop (every layer updates)."""
     spec = LoopSpec.lstm(
-        stack.num_layers, stack.hidden_size, stack.training, input.device, input.dtype
+        stack.num_layers,
+        stack.hidden_size,
+        stack.training,
+        input.device,
+        input.dtype,
+        getattr(stack, "native", True),
     )
     return run_loop(spec, stack, input, state, None)
 

@@ -8,6 +8,7 @@ from torch import Tensor
 from hmrnn.core.fused import ops
 from hmrnn.core.fused.cell import NormC
 from hmrnn.core.fused.loop import Loop, block_inputs
+from hmrnn.core.fused.pool import POOL
 
 LoopGrads = tuple[Tensor, Tensor, Tensor, Tensor, list[Tensor]]
 """d loss / d (bottom_up (T, B, G_0), h0 (K, B, H), c0 (K, B, H), z0 (K, B)), then d loss / d
@@ -30,13 +31,15 @@ class Backward:
         self.g_h: list[Tensor] = []  # per layer (B, H), set by _start
         self.g_c: list[Tensor] = []  # per layer (B, H)
         self.g_z: list[Tensor] = []  # per layer (B, 1)
+        self.pooled: list[Tensor] = []  # returned to the pool at the end of run()
         if not self.spec.layer_norm:
-            self.g_preact = [torch.empty_like(gates) for gates in loop.gates]
+            self.g_preact = [torch.empty_like(loop.gates[0])]  # returned: not pooled
+            self.g_preact += [self._take(gates) for gates in loop.gates[1:]]
             return
         # with layer norm d loss / d P of every step is kept for the weight gradients; d s only
         # for layer 0 (its bottom-up term's gradient), the other layers sum it per step
         assert loop.gains is not None and loop.norm_c is not None
-        self.g_proj = [torch.empty_like(normed) for normed in loop.normed]
+        self.g_proj = [self._take(normed) for normed in loop.normed]
         self.g_proj_t = [list(zip(*(b.unbind(0) for b in g), strict=True)) for g in self.g_proj]
         self.g_preact = [torch.empty_like(loop.gates[0])]
         self.g_s = [torch.empty_like(gates[0]) for gates in loop.gates]
@@ -76,7 +79,14 @@ class Backward:
         else:
             grads = [x for xs in self._weight_grads() for x in xs]
         g_h0, g_c0 = torch.stack(self.g_h), torch.stack(self.g_c)
+        POOL.give(self.pooled)
+        self.pooled = []
         return self.g_preact[0], g_h0, g_c0, torch.cat(self.g_z, dim=1).t(), grads
+
+    def _take(self, like: Tensor) -> Tensor:
+        """A buffer shaped as ``like`` from the pool, returned at the end of :meth:`run`."""
+        self.pooled.append(POOL.take(like, *like.shape))
+        return self.pooled[-1]
 
     def _start(self, g_h: Tensor | None, g_c: Tensor | None, g_z: Tensor | None) -> None:
         """The carried gradients at the last step: those of the final state (None: zeros)."""

@@ -80,12 +80,20 @@ class LoopSpec:
             slope=float(rnn.slope),
             skip_copy=skip_copy and not rnn.layer_norm,
             layer_norm=rnn.layer_norm,
-            **native_modes(estimator, training, device, dtype or rnn.slope.dtype),
+            **native_modes(
+                estimator, training, device, dtype or rnn.slope.dtype, getattr(rnn, "native", True)
+            ),
         )
 
     @classmethod
     def lstm(
-        cls, K: int, H: int, training: bool, device: torch.device, dtype: torch.dtype
+        cls,
+        K: int,
+        H: int,
+        training: bool,
+        device: torch.device,
+        dtype: torch.dtype,
+        allow_native: bool = True,
     ) -> LoopSpec:
         """The LN-LSTM stack (:class:`hmrnn.core.lstm.StackedLSTM`): the HM-LSTM's loop with
         every layer updating (no boundaries, no top-down input)."""
@@ -101,7 +109,7 @@ class LoopSpec:
             skip_copy=False,
             layer_norm=True,
             hierarchical=False,
-            **native_modes(STEP, training, device, dtype),
+            **native_modes(STEP, training, device, dtype, allow_native),
         )
 
 
@@ -110,11 +118,12 @@ def native_modes(
     training: bool,
     device: torch.device | None,
     dtype: torch.dtype,
+    allow: bool = True,
 ) -> dict[str, Any]:
     """LoopSpec's ``native``, ``sample_mode`` and ``grad_mode``: the built-in estimators' rules
     are written into the C++ cell; any other estimator's sample() and grad() are called from
     Python around it."""
-    if not native.usable(device or torch.device("cpu"), dtype):
+    if not allow or not native.usable(device or torch.device("cpu"), dtype):
         return {"native": False}
     kind = type(estimator)
     sample = 0

@@ -8,11 +8,14 @@ kept for every step: it is the output).
 
 from __future__ import annotations
 
+import weakref
+
 import torch
 from torch import Tensor
 
 from hmrnn.core.fused import ops
 from hmrnn.core.fused.cell import LoopSpec, NormC, masks
+from hmrnn.core.fused.pool import POOL
 from hmrnn.core.fused.weights import StepMatmul
 
 SPARSE_MIN_WEIGHT = 400_000
@@ -79,14 +82,19 @@ class Loop:
     def _allocate(self, like: Tensor) -> None:
         T, B, K, H = self.T, self.B, self.spec.K, self.spec.H
         steps = T if self.keep else 1
-        new = lambda *shape: like.new_empty(steps, *shape)  # noqa: E731
+        taken: list[Tensor] = []  # returned to the pool when this loop is collected
+
+        def new(*shape: int, zero: bool = False) -> Tensor:
+            taken.append(POOL.take(like, *shape, zero=zero))
+            return taken[-1]
+
         ln = self.spec.layer_norm
-        self.inputs = [] if ln else [new(B, ms[0].wt.size(0)) for ms in self.matmuls]
-        self.gates = [new(B, ms[0].wt.size(1)) for ms in self.matmuls]
-        self.cells = [new(B, H) for _ in range(K)]
-        self.tanh_cells = [new(B, H) for _ in range(K)]
-        self.hidden = [like.new_empty(T, B, H) for _ in range(K)]
-        self.bounds = like.new_zeros(T, K, B, 1)
+        self.inputs = [] if ln else [new(steps, B, ms[0].wt.size(0)) for ms in self.matmuls]
+        self.gates = [new(steps, B, ms[0].wt.size(1)) for ms in self.matmuls]
+        self.cells = [new(steps, B, H) for _ in range(K)]
+        self.tanh_cells = [new(steps, B, H) for _ in range(K)]
+        self.hidden = [new(T, B, H) for _ in range(K)]
+        self.bounds = new(T, K, B, 1, zero=True)
         # per-step views, made once (indexing inside the loop costs microseconds per call)
         self.inputs_t, self.gates_t, self.cells_t, self.tanh_cells_t, self.hidden_t = (
             [b.unbind(0) for b in buffers]
@@ -94,12 +102,11 @@ class Loop:
         )
         self.bounds_t = [zt.unbind(0) for zt in self.bounds.unbind(0)]
         if ln:
-            self.normed = [
-                like.new_empty(len(ms), steps, B, ms[0].wt.size(1)) for ms in self.matmuls
-            ]
-            self.stats = [new(B, len(ms) + 2) for ms in self.matmuls]
+            self.normed = [new(len(ms), steps, B, ms[0].wt.size(1)) for ms in self.matmuls]
+            self.stats = [new(steps, B, len(ms) + 2) for ms in self.matmuls]
             self.normed_t = [list(zip(*(b.unbind(0) for b in n), strict=True)) for n in self.normed]
             self.stats_t = [st.unbind(0) for st in self.stats]
+        weakref.finalize(self, POOL.give, taken)
 
     def run(self) -> None:
         """Every step of every layer; the last h, c, z go to ``h_last``, ``c_last``, ``z_last``."""
@@ -126,8 +133,10 @@ class Loop:
         h = torch.stack(self.h_last)
         c = torch.stack(self.c_last)
         z = torch.cat(self.z_last, dim=1).t().contiguous()
-        bounds = self.bounds.squeeze(-1).transpose(1, 2).contiguous()
-        return output, h, c, z, bounds
+        bounds = (
+            self.bounds.squeeze(-1).transpose(1, 2).clone(memory_format=torch.contiguous_format)
+        )
+        return output, h, c, z, bounds  # new tensors: the buffers go back to the pool
 
     def sparse_allowed(self, t: int) -> bool:
         """Whether step t may leave out the work of COPY rows (and of closed gates).

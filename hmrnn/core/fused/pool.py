@@ -1,0 +1,80 @@
+"""Buffers the loop reuses from one pass to the next.
+
+A training step of the loop allocates tens to hundreds of MB of (T, B, ...) buffers. Fresh from
+the allocator, large blocks come as new pages from the operating system, and the first write to
+each page faults: at H = 256, B = 64 with layer norm that doubled the time of the element-wise
+work (docs/performance.md). The pool keeps the buffers of a finished pass and hands them to the
+next pass that asks for the same shape, so that steady training touches no new pages.
+
+A loop returns its buffers when it is garbage-collected (after its backward, when autograd lets
+go of the graph), so a buffer is never handed out twice while in use. At most
+:data:`KEEP_BYTES` of free buffers are kept; ``HMRNN_BUFFER_POOL=0`` turns the pool off.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections import defaultdict
+
+import torch
+from torch import Tensor
+
+KEEP_BYTES = 4 << 30
+"""The most free buffer memory the pool keeps (4 GiB); beyond it, returned buffers are freed."""
+
+Key = tuple[tuple[int, ...], torch.dtype, torch.device]
+
+
+class BufferPool:
+    """Free tensors by shape, dtype and device."""
+
+    def __init__(self, keep_bytes: int = KEEP_BYTES) -> None:
+        self.keep_bytes = keep_bytes
+        self._free: dict[Key, list[Tensor]] = defaultdict(list)
+        self._bytes = 0
+        self._lock = threading.Lock()
+        self.enabled = os.environ.get("HMRNN_BUFFER_POOL", "1").strip() not in ("0", "false")
+
+    def take(self, like: Tensor, *shape: int, zero: bool = False) -> Tensor:
+        """A tensor of ``shape`` with ``like``'s dtype and device: a free one if there is one
+        (its contents are stale unless ``zero``), else new."""
+        key = (tuple(shape), like.dtype, like.device)
+        with self._lock:
+            free = self._free.get(key)
+            out = free.pop() if free else None
+            if out is not None:
+                self._bytes -= _nbytes(out)
+        if out is None:
+            return like.new_zeros(shape) if zero else like.new_empty(shape)
+        return out.zero_() if zero else out
+
+    def give(self, tensors: list[Tensor]) -> None:
+        """Returns ``tensors`` (no longer used by anyone) to the pool."""
+        if not self.enabled:
+            return
+        with self._lock:
+            for x in tensors:
+                size = _nbytes(x)
+                if self._bytes + size > self.keep_bytes:
+                    continue
+                self._free[(tuple(x.shape), x.dtype, x.device)].append(x)
+                self._bytes += size
+
+    def clear(self) -> None:
+        """Frees every kept buffer."""
+        with self._lock:
+            self._free.clear()
+            self._bytes = 0
+
+    @property
+    def kept_bytes(self) -> int:
+        return self._bytes
+
+
+def _nbytes(x: Tensor) -> int:
+    return x.numel() * x.element_size()
+
+
+POOL = BufferPool()
+"""The process's pool (the loop's buffers are plain CPU or GPU tensors)."""
