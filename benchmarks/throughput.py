@@ -11,7 +11,8 @@ the same round, and the spread is the lowest and highest of those per-round rati
 from its median time. A training step is forward + backward through the recurrent stack with a
 sum loss; an evaluation step is a forward pass under ``torch.no_grad``. ``--rates`` imposes
 the boundaries: each layer l < K fires on a fraction ``rates[l+1]`` of the steps (nested, so
-a layer fires only where the one below does), which makes layer l+1 active on about that fraction; without it the detectors decide.
+a layer fires only where the one below does), which makes layer l+1 active on about that
+fraction; without it the detectors decide.
 ``--autograd`` adds the HM-LSTM built from autograd operations (``HMLSTM.fused = False``) to
 show what the hand-written loop gains; ``--torch-ops`` the loop without its C++ cell
 (``HMLSTM.native = False``, what runs where there is no compiler); ``--layer-norm`` the HM-LSTM
