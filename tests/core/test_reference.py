@@ -1,4 +1,5 @@
-"""The fast path equals the plain reference implementation, outputs and gradients."""
+"""The fast path equals the plain reference implementation, outputs and gradients, with and
+without the C++ cell."""
 
 from __future__ import annotations
 
@@ -38,9 +39,12 @@ def run_and_grad(fn, rnn: HMLSTM, x, state, boundaries, seed: int):
     ("boundary", "layer_norm", "top_layer_boundary", "grad_through_ops"), VARIANTS
 )
 @pytest.mark.parametrize("num_layers", [1, 2, 3])
+@pytest.mark.parametrize("native", [True, False], ids=["native", "torch_ops"])
 def test_fast_path_equals_reference(
-    boundary, layer_norm, top_layer_boundary, grad_through_ops, num_layers
+    boundary, layer_norm, top_layer_boundary, grad_through_ops, num_layers, native
 ) -> None:
+    """The hand-written loop, with its per-step work in the C++ cell (where it builds) and in
+    torch operations (its fallback)."""
     torch.manual_seed(0)
     rnn = HMLSTM(
         H_IN,
@@ -52,6 +56,7 @@ def test_fast_path_equals_reference(
         grad_through_ops=grad_through_ops,
     )
     rnn = rnn.double()
+    rnn.native = native
     with torch.no_grad():
         rnn.slope.fill_(1.7)
         for l in range(num_layers):

@@ -110,7 +110,6 @@ class Backward:
         """Layer l at step t, every row: d h_t and d z_t (``g_hl``, ``g_zl``) to the gradients
         of the step's inputs (h, c, z of step t-1 and the layers around)."""
         loop, spec, H = self.loop, self.spec, self.spec.H
-        g_h, g_z = self.g_h, self.g_z
         c_prev = loop.c0[l] if t == 0 else loop.cells_t[l][t - 1]
         z_prev = self._z_at(t - 1, l)
         z_in = None if l == 0 else loop.bounds_t[t][l - 1]
@@ -121,27 +120,16 @@ class Backward:
             loop.bounds_t[t][l], g_zl,
         )  # fmt: skip
         gx = loop.matmuls[l][0].backward(ds)
-        g_h[l] = gx[:, :H] if carry is None else gx[:, :H] + carry
-        g_zprev = g_flush
-        col = H
-        if spec.top_down[l]:
-            g_above = gx[:, H : 2 * H]
-            g_h[l + 1] = torch.addcmul(g_h[l + 1], g_above, z_prev)
-            part = (g_above * self._h_at(t - 1, l + 1)).sum(1, keepdim=True)
-            g_zprev = part if g_zprev is None else g_zprev + part
-            col = 2 * H
-        if l > 0:
-            g_below = gx[:, col : col + H]
-            g_h[l - 1] = torch.addcmul(g_h[l - 1], g_below, z_in)
-            part = (g_below * loop.hidden_t[l - 1][t]).sum(1, keepdim=True)
-            if g_zin is not None:
-                part = part + g_zin
-            g_z[l - 1] = g_z[l - 1] + part
-        g_z[l] = torch.zeros_like(g_z[l]) if g_zprev is None else g_zprev
+        above = self._h_at(t - 1, l + 1) if spec.top_down[l] else None
+        below = loop.hidden_t[l - 1][t] if l > 0 else None
+        ops.scatter(
+            spec, l, list(gx.split(H, dim=1)), carry, self.g_h, self.g_z, above, below, z_prev,
+            z_in, g_zin, g_flush,
+        )  # fmt: skip
 
     def _normed_step(self, t: int, l: int, g_hl: Tensor, g_zl: Tensor | None) -> None:
         """:meth:`_step` with layer norm (:meth:`Loop.normed_cell`)."""
-        loop, spec, g_h, g_z = self.loop, self.spec, self.g_h, self.g_z
+        loop, spec = self.loop, self.spec
         c_prev = loop.c0[l] if t == 0 else loop.cells_t[l][t - 1]
         z_prev, h_prev = self._z_at(t - 1, l), self._h_at(t - 1, l)
         z_in = None if l == 0 or not spec.hierarchical else loop.bounds_t[t][l - 1]
@@ -167,18 +155,10 @@ class Backward:
             list(g_P),
         )  # fmt: skip
         gx = [mm.backward(dP) for mm, dP in zip(loop.matmuls[l], g_P, strict=True)]
-        g_h[l] = gx[0] if carry is None else gx[0] + carry
-        g_zprev, k = g_flush, 1
-        if above is not None:
-            g_h[l + 1] = g_h[l + 1] + gx[1]
-            g_zprev = g_gates[1] if g_zprev is None else g_zprev + g_gates[1]
-            k = 2
-        if below is not None:
-            g_h[l - 1] = g_h[l - 1] + gx[k]
-            part = g_gates[k]
-            if part is not None:
-                g_z[l - 1] = g_z[l - 1] + (part if g_zin is None else part + g_zin)
-        g_z[l] = torch.zeros_like(g_z[l]) if g_zprev is None else g_zprev
+        ops.scatter(
+            spec, l, gx, carry, self.g_h, self.g_z, above, below, z_prev, z_in, g_zin, g_flush,
+            g_gates,
+        )  # fmt: skip
 
     def _normed_weight_grads(self) -> list[Tensor]:
         """With layer norm: per layer d loss / d step weight (n, H, G), one multiply per

@@ -56,7 +56,9 @@ def kernels() -> ModuleType | None:
     """The built extension, building it on the first call; None where it cannot be built or is
     turned off."""
     global _module, _tried, build_seconds
-    if _module is not None or _tried or not enabled():
+    if not enabled():
+        return None
+    if _module is not None or _tried:
         return _module
     _tried = True
     flags = _flags()

@@ -135,3 +135,59 @@ def preact_backward(
     return ln_cell.preact_backward(
         ds, xhat, stats, list(gains.unbind(0)), gates, list(g_gains.unbind(0)), g_P
     )
+
+
+def scatter(
+    spec: LoopSpec,
+    l: int,
+    gx: list[Tensor],
+    carry: Tensor | None,
+    g_h: list[Tensor],
+    g_z: list[Tensor],
+    h_above: Tensor | None,
+    h_below: Tensor | None,
+    z_prev: Tensor,
+    z_in: Tensor | None,
+    g_zin: Tensor | None,
+    g_flush: Tensor | None,
+    g_gates: list[Tensor | None] | None = None,
+) -> None:
+    """After layer l's backward multiply: from ``gx`` (d loss / d each input block, (M, H):
+    recurrent, top-down, bottom-up, those the layer has) sets ``g_h[l]`` (d h_{t-1}, with the
+    COPY rows' ``carry``), adds to ``g_h[l + 1]`` and ``g_h[l - 1]``, adds d z_t^{l-1} to
+    ``g_z[l - 1]`` and sets ``g_z[l]`` (d z_{t-1}^l).
+
+    Without layer norm the inputs were gated before the multiply, so the gates' gradients are
+    sums over gx here; with layer norm they come from the projections' backward (``g_gates``).
+    The C++ cell writes ``g_h`` and ``g_z`` in place (the backward's own tensors).
+    """
+    above, below = spec.top_down[l], l > 0
+    gated = not spec.layer_norm
+    g_td = g_gates[1] if g_gates is not None and above else None
+    g_ih = g_gates[-1] if g_gates is not None and below else None
+    if spec.native:
+        g_zprev = native.kernels().scatter(
+            gx, carry, g_h[l], g_h[l + 1] if above else None, h_above,
+            g_h[l - 1] if below else None, h_below, z_prev, z_in,
+            g_z[l - 1] if below and z_in is not None else None, g_zin, g_flush, g_td, g_ih, gated,
+        )  # fmt: skip
+        g_z[l] = torch.zeros_like(g_z[l]) if g_zprev is None else g_zprev
+        return
+    g_h[l] = gx[0] if carry is None else gx[0] + carry
+    g_zprev = g_flush
+    if above:
+        if gated:
+            g_h[l + 1] = torch.addcmul(g_h[l + 1], gx[1], z_prev)
+            g_td = (gx[1] * h_above).sum(1, keepdim=True)
+        else:
+            g_h[l + 1] = g_h[l + 1] + gx[1]
+        g_zprev = g_td if g_zprev is None else g_zprev + g_td
+    if below:
+        if gated and z_in is not None:
+            g_h[l - 1] = torch.addcmul(g_h[l - 1], gx[-1], z_in)
+            g_ih = (gx[-1] * h_below).sum(1, keepdim=True)
+        else:
+            g_h[l - 1] = g_h[l - 1] + gx[-1]
+        if z_in is not None and g_ih is not None:
+            g_z[l - 1] = g_z[l - 1] + (g_ih if g_zin is None else g_ih + g_zin)
+    g_z[l] = torch.zeros_like(g_z[l]) if g_zprev is None else g_zprev
