@@ -166,3 +166,15 @@ def test_pool_keeps_at_most_its_limit() -> None:
     assert small.kept_bytes == 800
     assert small.take(like, 100) is not None and small.kept_bytes == 400
     assert torch.equal(small.take(like, 3, zero=True), torch.zeros(3))
+
+
+def test_buffers_made_in_inference_mode_are_not_reused_outside_it() -> None:
+    """Lightning validates under torch.inference_mode: its buffers may only be written there."""
+    rnn = HMLSTM(H_IN, H, 2, layer_norm=True)
+    x = torch.randn(T, B, H_IN)
+    with torch.inference_mode():
+        want = rnn(x)[0].clone()
+    with torch.no_grad():
+        got = rnn(x)[0]
+    rnn(x)[0].sum().backward()
+    torch.testing.assert_close(got, want)

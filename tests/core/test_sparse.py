@@ -1,4 +1,5 @@
-"""Without autograd the HM-LSTM skips COPY rows and gated-off inputs: equal to the dense path.
+"""Without autograd the HM-LSTM skips COPY rows and gated-off inputs (with layer norm too, with
+and without the C++ cell): equal to the dense path.
 
 (Training with imposed boundaries skips COPY rows too: tests/core/test_fused.py.)"""
 
@@ -28,16 +29,29 @@ def nested_boundaries(rates: tuple[float, ...], K: int, seed: int = 0) -> torch.
     ("boundary", "top_layer_boundary", "num_layers"),
     list(itertools.product(["step", "bernoulli", "soft"], [False, True], [1, 2, 3])),
 )
+@pytest.mark.parametrize("layer_norm", [False, True], ids=["plain", "layer_norm"])
+@pytest.mark.parametrize("native", [True, False], ids=["native", "torch_ops"])
 def test_skipping_equals_dense(
-    boundary: str, top_layer_boundary: bool, num_layers: int, monkeypatch
+    boundary: str,
+    top_layer_boundary: bool,
+    num_layers: int,
+    layer_norm: bool,
+    native: bool,
+    monkeypatch,
 ) -> None:
     used = {"split": 0, "skip": 0}
     split, skip = fused.Loop.sparse_inputs, fused.Loop.skipping_cell
+    gated = fused.loop.gated_multiply
 
     def counted_split(self, *args):
         s = split(self, *args)
         used["split"] += s is not None
         return s
+
+    def counted_gated(mm, x, gate):  # layer norm's split of a gated projection
+        if gate is not None and int((gate != 0).sum()) <= fused.loop.SPARSE_BELOW * x.size(0):
+            used["split"] += 1
+        return gated(mm, x, gate)
 
     def counted_skip(self, *args):
         used["skip"] += 1
@@ -46,12 +60,11 @@ def test_skipping_equals_dense(
     monkeypatch.setattr(fused.loop, "SPARSE_MIN_WEIGHT", 0)  # skip at this tiny size too
     monkeypatch.setattr(fused.Loop, "sparse_inputs", counted_split)
     monkeypatch.setattr(fused.Loop, "skipping_cell", counted_skip)
+    monkeypatch.setattr(fused.loop, "gated_multiply", counted_gated)
     torch.manual_seed(0)
-    rnn = (
-        HMLSTM(H_IN, H, num_layers, boundary=boundary, top_layer_boundary=top_layer_boundary)
-        .double()
-        .eval()
-    )
+    options = {"boundary": boundary, "top_layer_boundary": top_layer_boundary}
+    rnn = HMLSTM(H_IN, H, num_layers, layer_norm=layer_norm, **options).double().eval()
+    rnn.native = native
     with torch.no_grad():
         for l in range(num_layers):
             if rnn.has_detector(l):

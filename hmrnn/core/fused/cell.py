@@ -78,7 +78,7 @@ class LoopSpec:
             training=training,
             grad_through_ops=rnn.grad_through_ops,
             slope=float(rnn.slope),
-            skip_copy=skip_copy and not rnn.layer_norm,
+            skip_copy=skip_copy,
             layer_norm=rnn.layer_norm,
             **native_modes(
                 estimator, training, device, dtype or rnn.slope.dtype, getattr(rnn, "native", True)

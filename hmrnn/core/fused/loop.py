@@ -15,6 +15,7 @@ from torch import Tensor
 
 from hmrnn.core.fused import ops
 from hmrnn.core.fused.cell import LoopSpec, NormC, masks
+from hmrnn.core.fused.ln_cell import normalise
 from hmrnn.core.fused.pool import POOL
 from hmrnn.core.fused.weights import StepMatmul
 
@@ -148,6 +149,8 @@ class Loop:
         """
         if not self.spec.skip_copy:
             return False
+        if self.spec.layer_norm:  # with layer norm: without autograd only
+            return not self.keep
         return not self.keep or (self.imposed is not None and t > 0)
 
     def cell(
@@ -162,15 +165,15 @@ class Loop:
         z_in = None if l == 0 or not spec.hierarchical else z[l - 1]
         above = h[l + 1] if spec.top_down[l] else None
         below = None if l == 0 else h[l - 1]
-        if spec.layer_norm:
-            return self.normed_cell(t, l, h_prev, c_prev, z_prev, flush, z_in, above, below)
-
         sparse = self.sparse_layer[l] and self.sparse_allowed(t)
         if sparse and z_in is not None:
             copy = masks(flush, z_in)[1].squeeze(1) == 1.0
             working = int(copy.numel() - copy.sum())
             if working <= SPARSE_BELOW * copy.numel():
                 return self.skipping_cell(t, l, h, c, z, copy)
+        if spec.layer_norm:
+            args = (h_prev, c_prev, z_prev, flush, z_in, above, below)
+            return self.normed_cell(t, l, *args, sparse=sparse and not self.keep)
         s = None
         if sparse and not self.keep:
             s = self.sparse_inputs(t, l, h_prev, z_prev, above, below, z_in)
@@ -196,13 +199,20 @@ class Loop:
         z_in: Tensor | None,
         above: Tensor | None,
         below: Tensor | None,
+        sparse: bool = False,
     ) -> tuple[Tensor, Tensor, Tensor | None]:
         """:meth:`cell` with layer norm: one multiply per projection, each normalised
-        (:mod:`hmrnn.core.fused.ln_cell`); the gates buffer holds s until the cell activates it."""
+        (:mod:`hmrnn.core.fused.ln_cell`); the gates buffer holds s until the cell activates it.
+        ``sparse`` (no autograd): a gated projection is multiplied only for the rows whose gate
+        is open, when they are few; the others' projection is left zero (their term,
+        gate * LN(P), is zero either way)."""
         assert self.norm_c is not None
         k = t if self.keep else 0
         inputs, gates = block_inputs(h_prev, z_prev, above, below, z_in)
-        P = [mm.forward(x) for mm, x in zip(self.matmuls[l], inputs, strict=True)]
+        P = [
+            gated_multiply(mm, x, gate) if sparse else mm.forward(x)
+            for mm, x, gate in zip(self.matmuls[l], inputs, gates, strict=True)
+        ]
         out = (self.gates_t[l][k], self.cells_t[l][k], self.tanh_cells_t[l][k], self.hidden_t[l][t])
         stats, n = self.stats_t[l][k], len(P)
         add = self.bottom_up_t[t] if l == 0 else self.biases[l]
@@ -248,6 +258,52 @@ class Loop:
                 s.index_add_(0, rows, mm.block(k, H).forward(part))
         return s
 
+    def normed_skipping_cell(
+        self, t: int, l: int, h: list[Tensor], c: list[Tensor], z: list[Tensor], copy: Tensor
+    ) -> tuple[Tensor, Tensor, Tensor | None]:
+        """:meth:`skipping_cell` with layer norm (without autograd): the working rows through
+        :meth:`normed_cell`'s arithmetic; a COPY row's boundary reads its recurrent projection
+        alone (its top-down and bottom-up gates are closed), normalised over the whole row."""
+        spec, H = self.spec, self.spec.H
+        assert self.gains is not None and self.norm_c is not None
+        h_prev, c_prev = h[l], c[l]
+        rows = (~copy).nonzero().squeeze(1)
+        h_new, c_new = self.hidden_t[l][t], self.cells_t[l][0]
+        h_new.copy_(h_prev)
+        c_new.copy_(c_prev)
+        z_new = None
+        if spec.detector[l] and self.imposed is None:
+            z_new = h_prev.new_empty(h_prev.size(0), 1)
+        if rows.numel():
+            pick = lambda x: x.index_select(0, rows)  # noqa: E731
+            h_w, c_w, z_w, zin_w = pick(h_prev), pick(c_prev), pick(z[l]), pick(z[l - 1])
+            above = pick(h[l + 1]) if spec.top_down[l] else None
+            inputs, gates = block_inputs(h_w, z_w, above, pick(h[l - 1]), zin_w)
+            P = [mm.forward(x) for mm, x in zip(self.matmuls[l], inputs, strict=True)]
+            m, n, G = rows.numel(), len(P), P[0].size(1)
+            out = (h_w.new_empty(m, G), *(torch.empty_like(c_w) for _ in range(3)))
+            stats, xhat = h_w.new_empty(m, n + 2), [h_w.new_empty(m, G) for _ in range(n)]
+            bias = self.biases[l]
+            assert bias is not None
+            ops.preact_forward(spec, P, self.gains[l], gates, bias, out[0], xhat, stats)
+            norm = NormC(*self.norm_c[l], stats[:, n:])
+            flush = z_w if spec.detector[l] else None
+            z_rows = ops.cell_forward(spec, l, out[0], c_w, h_w, flush, zin_w, out, norm)
+            h_new.index_copy_(0, rows, out[3])
+            c_new.index_copy_(0, rows, out[1])
+            if z_new is not None:
+                z_new.index_copy_(0, rows, z_rows)
+        still = copy.nonzero().squeeze(1)
+        if z_new is not None and still.numel():
+            P = self.matmuls[l][0].forward(h_prev.index_select(0, still))
+            xhat = torch.empty_like(P)
+            normalise(P, xhat)
+            bias = self.biases[l]
+            assert bias is not None
+            s_z = xhat[:, 4 * H :] * self.gains[l][0, 4 * H :] + bias[4 * H :]
+            z_new.index_copy_(0, still, spec.estimator.sample(s_z, spec.slope, spec.training))
+        return h_new, c_new, z_new
+
     def skipping_cell(
         self, t: int, l: int, h: list[Tensor], c: list[Tensor], z: list[Tensor], copy: Tensor
     ) -> tuple[Tensor, Tensor, Tensor | None]:
@@ -258,6 +314,8 @@ class Loop:
         s_z = U_z h_{t-1} + b_z (both gated inputs are off), a matrix-vector product.
         Equal to the dense cell up to rounding.
         """
+        if self.spec.layer_norm:
+            return self.normed_skipping_cell(t, l, h, c, z, copy)
         spec = self.spec
         k = t if self.keep else 0
         h_prev, c_prev = h[l], c[l]
@@ -337,3 +395,19 @@ def block_inputs(
         inputs.append(below)
         gates.append(z_in)
     return inputs, gates
+
+
+def gated_multiply(mm: StepMatmul, x: Tensor, gate: Tensor | None) -> Tensor:
+    """x's projection (M, G) for the rows whose gate is open, zero for the others, when at most
+    :data:`SPARSE_BELOW` of them are open; every row's otherwise (or for an ungated input)."""
+    if gate is None:
+        return mm.forward(x)
+    is_open = (gate != 0).squeeze(1)
+    n = int(is_open.sum())
+    if n > SPARSE_BELOW * x.size(0):
+        return mm.forward(x)
+    out = x.new_zeros(x.size(0), mm.wt.size(1))
+    if n:
+        rows = is_open.nonzero().squeeze(1)
+        out.index_copy_(0, rows, mm.forward(x.index_select(0, rows)))
+    return out

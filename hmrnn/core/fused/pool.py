@@ -23,7 +23,9 @@ from torch import Tensor
 KEEP_BYTES = 4 << 30
 """The most free buffer memory the pool keeps (4 GiB); beyond it, returned buffers are freed."""
 
-Key = tuple[tuple[int, ...], torch.dtype, torch.device]
+Key = tuple[tuple[int, ...], torch.dtype, torch.device, bool]
+"""Shape, dtype, device, and whether an inference tensor (made under torch.inference_mode, which
+only that mode may write to)."""
 
 
 class BufferPool:
@@ -39,7 +41,7 @@ class BufferPool:
     def take(self, like: Tensor, *shape: int, zero: bool = False) -> Tensor:
         """A tensor of ``shape`` with ``like``'s dtype and device: a free one if there is one
         (its contents are stale unless ``zero``), else new."""
-        key = (tuple(shape), like.dtype, like.device)
+        key = (tuple(shape), like.dtype, like.device, torch.is_inference_mode_enabled())
         with self._lock:
             free = self._free.get(key)
             out = free.pop() if free else None
@@ -58,7 +60,7 @@ class BufferPool:
                 size = _nbytes(x)
                 if self._bytes + size > self.keep_bytes:
                     continue
-                self._free[(tuple(x.shape), x.dtype, x.device)].append(x)
+                self._free[(tuple(x.shape), x.dtype, x.device, x.is_inference())].append(x)
                 self._bytes += size
 
     def clear(self) -> None:
