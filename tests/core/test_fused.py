@@ -202,3 +202,24 @@ def test_training_with_imposed_boundaries_skips_copy_rows_exactly(
     with torch.no_grad():  # as inside the autograd Function
         loop.run()
     assert len(loop.worked) > T, "most steps of the upper layers should skip rows"
+
+
+@pytest.mark.parametrize("layer_norm", [False, True])
+def test_weight_gradients_by_chunks_of_steps_equal_the_reference(layer_norm, monkeypatch) -> None:
+    """The backward multiplies the weight gradients every few steps (here 5: chunks of 5, 5 and
+    2 steps), with and without skipped COPY rows: every gradient as the reference's."""
+    monkeypatch.setattr(fused.backward, "WEIGHT_GRAD_ROWS", 5 * B)
+    monkeypatch.setattr(fused.loop, "SPARSE_MIN_WEIGHT", 0)
+    rnn = make(dtype=torch.float64, layer_norm=layer_norm)
+    imposed = torch.randint(0, 2, (T, B, 3)).double()
+    for boundaries in (None, imposed):
+        got, got_grads = outputs_and_grads(rnn, True, boundaries, dtype=torch.float64)
+        want, want_grads = outputs_and_grads(
+            rnn, True, boundaries, torch.float64, fn=lambda r, *a: reference_forward(r, *a)
+        )
+        for a, b in zip(got, want, strict=True):
+            torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-10)
+        for name in want_grads:
+            torch.testing.assert_close(
+                got_grads[name], want_grads[name], rtol=1e-8, atol=1e-9, msg=name
+            )

@@ -78,6 +78,9 @@ class _Sequence(torch.autograd.Function):
         norm = None if gains is None or norm_c is None else (gains, norm_c)
         loop = Loop(spec, bottom_up, (h0, c0, z0), imposed, matmuls, biases, keep=True, norm=norm)
         loop.run()
+        for layer in matmuls:  # the backward multiplies by the transposed weights alone
+            for mm in layer:
+                mm.drop_forward()
         ctx.loop = loop
         return loop.outputs()
 

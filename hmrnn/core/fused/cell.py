@@ -177,12 +177,10 @@ def cell_forward(
     H = spec.H
     gates, c_new, tc, h_new = out
     i, f, o, g = (gates[:, j * H : (j + 1) * H] for j in range(4))
-    torch.sigmoid(s[:, : 4 * H], out=gates[:, : 4 * H])
-    g.mul_(2.0).sub_(1.0)  # tanh of the unscaled s_g (the g columns are doubled)
     z_new = None
     if spec.detector[l]:
-        gates[:, 4 * H :].copy_(s[:, 4 * H :])
         z_new = spec.estimator.sample(s[:, 4 * H :], spec.slope, spec.training)
+    activate(spec, s, gates)
     ig = i * g
     if z_in is None:  # layer 0 never copies; FLUSH drops f * c_{t-1}
         fc = f * c_prev
@@ -198,6 +196,16 @@ def cell_forward(
         _squash(c_new, tc, norm)
         torch.addcmul(copy * h_prev, act, o * tc, out=h_new)
     return z_new
+
+
+def activate(spec: LoopSpec, s: Tensor, gates: Tensor) -> None:
+    """The gate activations from s (M, G) into ``gates``: one sigmoid, g = 2 sigmoid - 1 (its
+    columns are doubled), then the raw s_z, if any (``s`` may be ``gates`` itself)."""
+    H = spec.H
+    torch.sigmoid(s[:, : 4 * H], out=gates[:, : 4 * H])
+    gates[:, 3 * H : 4 * H].mul_(2.0).sub_(1.0)  # tanh of the unscaled s_g
+    if s.size(1) > 4 * H:
+        gates[:, 4 * H :].copy_(s[:, 4 * H :])
 
 
 def _squash(c: Tensor, tc: Tensor, norm: NormC | None) -> None:

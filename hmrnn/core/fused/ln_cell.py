@@ -51,10 +51,19 @@ def preact_forward(
     """s = add + sum_k gate_k * gain_k * xhat_k into ``s`` (M, G); per block k writes xhat_k
     (M, G) and column k of ``rstd`` (M, n). ``gates[k]`` (M, 1) or None for 1; ``add`` (G,) or
     (M, G)."""
-    s.copy_(add.expand_as(s))
-    for k, (p, gain, gate) in enumerate(zip(P, gains, gates, strict=True)):
+    for k, p in enumerate(P):
         rstd[:, k : k + 1] = normalise(p, xhat[k])
-        term = xhat[k] * gain
+    preact_sum(xhat, gains, gates, add, s)
+
+
+def preact_sum(
+    xhat: list[Tensor], gains: list[Tensor], gates: list[Tensor | None], add: Tensor, s: Tensor
+) -> None:
+    """s = add + sum_k gate_k * gain_k * xhat_k into ``s`` (the forward's and the backward's
+    recomputation alike)."""
+    s.copy_(add.expand_as(s))
+    for x, gain, gate in zip(xhat, gains, gates, strict=True):
+        term = x * gain
         if gate is None:
             s.add_(term)
         else:

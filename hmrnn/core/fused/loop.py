@@ -91,14 +91,19 @@ class Loop:
 
         ln = self.spec.layer_norm
         self.inputs = [] if ln else [new(steps, B, ms[0].wt.size(0)) for ms in self.matmuls]
-        self.gates = [new(steps, B, ms[0].wt.size(1)) for ms in self.matmuls]
+        # with layer norm the backward recomputes the gates of layers l > 0 and every tanh(c_t)
+        # from what it keeps anyway: one step's room for them (seen at every step)
+        self.gates = [
+            new(steps if self.stores_gates(l) else 1, B, ms[0].wt.size(1))
+            for l, ms in enumerate(self.matmuls)
+        ]
         self.cells = [new(steps, B, H) for _ in range(K)]
-        self.tanh_cells = [new(steps, B, H) for _ in range(K)]
+        self.tanh_cells = [new(1 if ln else steps, B, H) for _ in range(K)]
         self.hidden = [new(T, B, H) for _ in range(K)]
         self.bounds = new(T, K, B, 1, zero=True)
         # per-step views, made once (indexing inside the loop costs microseconds per call)
         self.inputs_t, self.gates_t, self.cells_t, self.tanh_cells_t, self.hidden_t = (
-            [b.unbind(0) for b in buffers]
+            [b.unbind(0) if len(b) > 1 else [b[0]] * T for b in buffers]
             for buffers in (self.inputs, self.gates, self.cells, self.tanh_cells, self.hidden)
         )
         self.bounds_t = [zt.unbind(0) for zt in self.bounds.unbind(0)]
@@ -108,6 +113,11 @@ class Loop:
             self.normed_t = [list(zip(*(b.unbind(0) for b in n), strict=True)) for n in self.normed]
             self.stats_t = [st.unbind(0) for st in self.stats]
         weakref.finalize(self, POOL.give, taken)
+
+    def stores_gates(self, l: int) -> bool:
+        """Whether the gate activations of layer l are kept for every step (with ``keep``):
+        without layer norm, and for layer 0 (whose s has the bottom-up term, not kept)."""
+        return not self.spec.layer_norm or l == 0
 
     def run(self) -> None:
         """Every step of every layer; the last h, c, z go to ``h_last``, ``c_last``, ``z_last``."""
@@ -127,6 +137,7 @@ class Loop:
                     self.bounds_t[t][l].copy_(z_new)
                 z[l] = self.bounds_t[t][l]
         self.h_last, self.c_last, self.z_last = h, c, z
+        del self.bottom_up_t  # the backward does not read it: its memory goes with the caller's
 
     def outputs(self) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
         """output (T, B, K, H), h (K, B, H), c (K, B, H), z (K, B), boundaries (T, B, K)."""

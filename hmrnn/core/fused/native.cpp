@@ -114,6 +114,35 @@ void row_stats(const T* x, int64_t n, T& mean, T& rstd) {
   rstd = present ? T(1) / std::sqrt(var + T(LN_EPS)) : T(0);
 }
 
+// s += gate * (gain * xhat) over a row: one function, so that the forward and the backward's
+// recomputation round alike
+template <typename T>
+inline void add_block(T* out, const T* y, const T* w, const T* gate, int64_t G) {
+  if (gate) {
+    const T g = *gate;
+    for (int64_t j = 0; j < G; ++j) out[j] = out[j] + (y[j] * w[j]) * g;
+  } else {
+    for (int64_t j = 0; j < G; ++j) out[j] = out[j] + y[j] * w[j];
+  }
+}
+
+// the gate activations of a row from s: sigmoid, g = 2 sigmoid - 1 (its columns are doubled),
+// the raw s_z kept after them
+template <typename T>
+inline void activate(const T* x, T* gt, int64_t G, int64_t H) {
+  for (int64_t j = 0; j < 4 * H; ++j) gt[j] = sigm(x[j]);
+  T* g = gt + 3 * H;
+  for (int64_t j = 0; j < H; ++j) g[j] = g[j] * T(2) - T(1);
+  if (G > 4 * H) gt[4 * H] = x[4 * H];
+}
+
+// tanh of the normalised c of a row
+template <typename T>
+inline void squash_normed(const T* c, T mean, T rstd, const T* gain, const T* bias, T* t,
+                          int64_t H) {
+  for (int64_t j = 0; j < H; ++j) t[j] = tanh_(bias[j] + ((c[j] - mean) * rstd) * gain[j]);
+}
+
 // ------------------------------------------------------------------------------------ forward
 template <typename T>
 void gather_impl(const Tensor& X, const Tensor& h_prev, const OptTensor& above,
@@ -166,12 +195,7 @@ void preact_forward_impl(const std::vector<Tensor>& P, const Tensor& gains,
         row_stats(x, G, mean, rstd);
         st[r][k] = rstd;
         for (int64_t j = 0; j < G; ++j) y[j] = (x[j] - mean) * rstd;
-        if (gt[k]) {
-          const T g = gt[k][r][0];
-          for (int64_t j = 0; j < G; ++j) out[j] = out[j] + (y[j] * w[j]) * g;
-        } else {
-          for (int64_t j = 0; j < G; ++j) out[j] = out[j] + y[j] * w[j];
-        }
+        add_block(out, y, w, gt[k] ? gt[k][r] : static_cast<const T*>(nullptr), G);
       }
     }
   });
@@ -196,12 +220,10 @@ void cell_forward_impl(const Tensor& s, const Tensor& c_prev, const Tensor& h_pr
     for (int64_t r = b; r < e; ++r) {
       const T* x = sr[r];
       T* gt = ga[r];
-      for (int64_t j = 0; j < 4 * H; ++j) gt[j] = sigm(x[j]);
-      T* g = gt + 3 * H;
-      for (int64_t j = 0; j < H; ++j) g[j] = g[j] * T(2) - T(1);
+      const T sz = G > 4 * H ? x[4 * H] : T(0);
+      activate(x, gt, G, H);
+      const T* g = gt + 3 * H;
       if (G > 4 * H) {
-        const T sz = x[4 * H];
-        gt[4 * H] = sz;
         if (sample == 1) zo[r][0] = sz > T(0) ? T(1) : T(0);
         if (sample == 2) zo[r][0] = std::min(std::max((a * sz + T(1)) * T(0.5), T(0)), T(1));
       }
@@ -236,7 +258,7 @@ void cell_forward_impl(const Tensor& s, const Tensor& c_prev, const Tensor& h_pr
         row_stats(c, H, mean, rstd);
         st[r][0] = mean;
         st[r][1] = rstd;
-        for (int64_t j = 0; j < H; ++j) t[j] = tanh_(bias[j] + ((c[j] - mean) * rstd) * gain[j]);
+        squash_normed(c, mean, rstd, gain, bias, t, H);
       } else {
         for (int64_t j = 0; j < H; ++j) t[j] = tanh_(c[j]);
       }
@@ -250,6 +272,39 @@ void cell_forward_impl(const Tensor& s, const Tensor& c_prev, const Tensor& h_pr
 }
 
 // ----------------------------------------------------------------------------------- backward
+// With layer norm the backward recomputes what the forward did not keep: the gate activations
+// (into `acts`, when given) from the normalised projections, and tanh of the normalised c_t.
+template <typename T>
+void recompute_impl(const std::vector<Tensor>& xhat, const OptTensor& gains,
+                    const std::vector<OptTensor>& gates, const OptTensor& add,
+                    const OptTensor& acts, const Tensor& c, const Tensor& stats_c,
+                    const Tensor& gain_c, const Tensor& bias_c, const Tensor& tc) {
+  const int64_t M = c.size(0), H = c.size(1), n = static_cast<int64_t>(xhat.size());
+  const int64_t G = acts ? acts->size(1) : 0;
+  std::vector<Rows<T>> xh(n), gt(n);
+  for (int64_t k = 0; k < n; ++k) {
+    xh[k] = rows<T>(xhat[k]);
+    gt[k] = rows<T>(gates[k]);
+  }
+  auto gn = rows<T>(gains), ad = rows<T>(add), ac = rows<T>(acts), cr = rows<T>(c);
+  auto st = rows<T>(stats_c), tcr = rows<T>(tc);
+  const T *gc = gain_c.data_ptr<T>(), *bc = bias_c.data_ptr<T>();
+  at::parallel_for(0, M, grain<T>(n * G + H), [&](int64_t b, int64_t e) {
+    std::vector<T> s(G);
+    for (int64_t r = b; r < e; ++r) {
+      if (ac) {
+        const T* a = ad[r];
+        std::copy(a, a + G, s.data());
+        for (int64_t k = 0; k < n; ++k)
+          add_block(s.data(), xh[k][r], gn[k], gt[k] ? gt[k][r] : static_cast<const T*>(nullptr),
+                    G);
+        activate(s.data(), ac[r], G, H);
+      }
+      squash_normed(cr[r], st[r][0], st[r][1], gc, bc, tcr[r], H);
+    }
+  });
+}
+
 // grad: 0 the caller fills the z column, 1 straight-through (step, bernoulli), 2 soft
 template <typename T>
 std::tuple<Tensor, OptTensor, OptTensor, OptTensor> cell_backward_impl(
@@ -594,6 +649,13 @@ std::vector<OptTensor> preact_backward(Tensor ds, std::vector<Tensor> xhat, Tens
                                                            g_gains, g_P));
 }
 
+void recompute(std::vector<Tensor> xhat, OptTensor gains, std::vector<OptTensor> gates,
+               OptTensor add, OptTensor acts, Tensor c, Tensor stats_c, Tensor gain_c,
+               Tensor bias_c, Tensor tc) {
+  HMRNN_DISPATCH(c, recompute_impl<scalar_t>(xhat, gains, gates, add, acts, c, stats_c, gain_c,
+                                             bias_c, tc));
+}
+
 OptTensor scatter(std::vector<Tensor> gx, OptTensor carry, Tensor g_h_self, OptTensor g_h_above,
                   OptTensor h_above, OptTensor g_h_below, OptTensor h_below, OptTensor z_prev,
                   OptTensor z_in, OptTensor g_z_below, OptTensor g_zin, OptTensor g_flush,
@@ -613,4 +675,5 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("cell_backward", &cell_backward);
   m.def("preact_backward", &preact_backward);
   m.def("scatter", &scatter);
+  m.def("recompute", &recompute);
 }

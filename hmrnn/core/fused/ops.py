@@ -191,3 +191,31 @@ def scatter(
         if z_in is not None and g_ih is not None:
             g_z[l - 1] = g_z[l - 1] + (g_ih if g_zin is None else g_ih + g_zin)
     g_z[l] = torch.zeros_like(g_z[l]) if g_zprev is None else g_zprev
+
+
+def recompute(
+    spec: LoopSpec,
+    xhat: list[Tensor],
+    gains: Tensor,
+    gates: list[Tensor | None],
+    add: Tensor | None,
+    acts: Tensor | None,
+    norm: NormC,
+    tc: Tensor,
+) -> None:
+    """With layer norm, what the forward did not keep, by the forward's own arithmetic: the gate
+    activations into ``acts`` (M, G) from the normalised projections (when ``acts`` is given;
+    ``add`` is the bias), and tanh of the normalised c_t (``norm.c``) into ``tc``."""
+    assert norm.c is not None
+    if spec.native:
+        add = None if add is None or acts is None else add.expand_as(acts)
+        native.kernels().recompute(
+            xhat, gains, gates, add, acts, norm.c, norm.stats, norm.gain, norm.bias, tc
+        )
+        return
+    if acts is not None and add is not None:
+        s = torch.empty_like(acts)
+        ln_cell.preact_sum(xhat, list(gains.unbind(0)), gates, add, s)
+        cell.activate(spec, s, acts)
+    mean, rstd = norm.stats[:, :1], norm.stats[:, 1:]
+    torch.tanh(torch.addcmul(norm.bias, (norm.c - mean) * rstd, norm.gain), out=tc)

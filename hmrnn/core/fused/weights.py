@@ -81,6 +81,12 @@ class StepMatmul:
         out = x @ self.wt if bias is None else torch.addmm(bias, x, self.wt)
         return out if add is None else out.add_(add)
 
+    def drop_forward(self) -> None:
+        """Frees the weight packed for :meth:`forward` (and its blocks'), no longer needed."""
+        self._forward_packed = None
+        for block in self._blocks.values():
+            block.drop_forward()
+
     def backward(self, g: Tensor) -> Tensor:
         """g (M, G) -> g @ wt.T (M, N)."""
         if self.onednn and self._backward_packed is None:
