@@ -209,6 +209,7 @@ def test_weight_gradients_by_chunks_of_steps_equal_the_reference(layer_norm, mon
     """The backward multiplies the weight gradients every few steps (here 5: chunks of 5, 5 and
     2 steps), with and without skipped COPY rows: every gradient as the reference's."""
     monkeypatch.setattr(fused.backward, "WEIGHT_GRAD_ROWS", 5 * B)
+    monkeypatch.setattr(fused.backward, "WHOLE_BELOW_BYTES", 0)
     monkeypatch.setattr(fused.loop, "SPARSE_MIN_WEIGHT", 0)
     rnn = make(dtype=torch.float64, layer_norm=layer_norm)
     imposed = torch.randint(0, 2, (T, B, 3)).double()

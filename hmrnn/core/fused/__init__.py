@@ -82,6 +82,7 @@ class _Sequence(torch.autograd.Function):
             for mm in layer:
                 mm.drop_forward()
         ctx.loop = loop
+        ctx.set_materialize_grads(False)  # an output not used gets None, not a tensor of zeros
         return loop.outputs()
 
     @staticmethod

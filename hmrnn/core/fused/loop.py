@@ -114,6 +114,10 @@ class Loop:
             self.stats_t = [st.unbind(0) for st in self.stats]
         weakref.finalize(self, POOL.give, taken)
 
+    def _z_at(self, t: int, l: int) -> Tensor | None:
+        """Where the cell may write z_t^l (B, 1): its place in ``bounds``, unless imposed."""
+        return self.bounds_t[t][l] if self.imposed is None else None
+
     def stores_gates(self, l: int) -> bool:
         """Whether the gate activations of layer l are kept for every step (with ``keep``):
         without layer norm, and for layer 0 (whose s has the bottom-up term, not kept)."""
@@ -133,7 +137,7 @@ class Loop:
                     z_new = None
                 elif self.imposed is not None:
                     z_new = self.imposed[t, :, l : l + 1]
-                if z_new is not None:
+                if z_new is not None and z_new is not self.bounds_t[t][l]:
                     self.bounds_t[t][l].copy_(z_new)
                 z[l] = self.bounds_t[t][l]
         self.h_last, self.c_last, self.z_last = h, c, z
@@ -196,7 +200,9 @@ class Loop:
             else:
                 s = self.matmuls[l][0].forward(X, self.biases[l])
         out = (self.gates_t[l][k], self.cells_t[l][k], self.tanh_cells_t[l][k], self.hidden_t[l][t])
-        z_new = ops.cell_forward(spec, l, s, c_prev, h_prev, flush, z_in, out)
+        z_new = ops.cell_forward(
+            spec, l, s, c_prev, h_prev, flush, z_in, out, None, self._z_at(t, l)
+        )
         return out[3], out[1], z_new
 
     def normed_cell(
@@ -232,7 +238,9 @@ class Loop:
         spec = self.spec
         ops.preact_forward(spec, P, self.gains[l], gates, add, out[0], self.normed_t[l][k], stats)
         norm = NormC(*self.norm_c[l], stats[:, n:])
-        z_new = ops.cell_forward(spec, l, out[0], c_prev, h_prev, flush, z_in, out, norm)
+        z_new = ops.cell_forward(
+            spec, l, out[0], c_prev, h_prev, flush, z_in, out, norm, self._z_at(t, l)
+        )
         return out[3], out[1], z_new
 
     def sparse_inputs(

@@ -525,7 +525,7 @@ std::vector<OptTensor> preact_backward_impl(const Tensor& ds, const std::vector<
 }
 
 // After the backward multiply: the gradients of the step's inputs, from gx (per input block:
-// recurrent, top-down, bottom-up, those the layer has, each (M, H)). `gated`: the inputs were
+// recurrent, top-down, bottom-up, those the layer has, each (M, H); or one (M, n H) tensor). `gated`: the inputs were
 // gated before the multiply (no layer norm), so the gates' gradients are sums here; with layer
 // norm they come from preact_backward (g_gate_td, g_gate_ih). Writes g_h_self, adds to
 // g_h_above, g_h_below and g_z_below; returns d loss / d z_{t-1} of this layer, or None.
@@ -542,8 +542,13 @@ OptTensor scatter_impl(const std::vector<Tensor>& gx, const OptTensor& carry,
   OptTensor g_zprev;
   if (above || g_flush) g_zprev = at::empty({M, 1}, g_h_self.options());
   Rows<T> x0 = rows<T>(gx[0]), xa, xb;
-  if (above) xa = rows<T>(gx[1]);
-  if (below) xb = rows<T>(gx[above ? 2 : 1]);
+  if (gx.size() == 1) {  // one (M, n H) tensor: the blocks are its column ranges
+    xa = Rows<T>{x0.p + H, x0.s};
+    xb = Rows<T>{x0.p + (above ? 2 : 1) * H, x0.s};
+  } else {
+    if (above) xa = rows<T>(gx[1]);
+    if (below) xb = rows<T>(gx[above ? 2 : 1]);
+  }
   auto ca = rows<T>(carry), gs = rows<T>(g_h_self), ga = rows<T>(g_h_above), ha = rows<T>(h_above);
   auto gb = rows<T>(g_h_below), hb = rows<T>(h_below), zp = rows<T>(z_prev), zi = rows<T>(z_in);
   auto gzb = rows<T>(g_z_below), gzi = rows<T>(g_zin), gfl = rows<T>(g_flush);

@@ -102,6 +102,12 @@ def kernels() -> ModuleType | None:
     return _module
 
 
+def loaded() -> ModuleType:
+    """The extension, once :func:`kernels` has built it (the loop's per-step calls; no checks)."""
+    assert _module is not None, "native.kernels() must have built the C++ cell first"
+    return _module
+
+
 def usable(device: torch.device, dtype: torch.dtype) -> bool:
     """Whether the C++ cell serves tensors of this device and dtype (building it if needed)."""
     if device.type != "cpu" or dtype not in (torch.float32, torch.float64):

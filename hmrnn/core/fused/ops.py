@@ -25,7 +25,7 @@ def gather(
     """Writes the step multiply's input [h_prev, z_above above, z_below below] into ``X``
     (without layer norm; absent blocks are left out, ``z_below`` None is 1)."""
     if spec.native:
-        native.kernels().gather(X, h_prev, above, z_above, below, z_below)
+        native.loaded().gather(X, h_prev, above, z_above, below, z_below)
         return
     H = spec.H
     X[:, :H].copy_(h_prev)
@@ -52,7 +52,7 @@ def preact_forward(
 ) -> None:
     """:func:`hmrnn.core.fused.ln_cell.preact_forward`; ``gains`` (n, G), ``stats`` (M, >= n)."""
     if spec.native:
-        native.kernels().preact_forward(P, gains, gates, add.expand_as(s), s, xhat, stats)
+        native.loaded().preact_forward(P, gains, gates, add.expand_as(s), s, xhat, stats)
     else:
         ln_cell.preact_forward(P, list(gains.unbind(0)), gates, add, s, xhat, stats)
 
@@ -67,17 +67,19 @@ def cell_forward(
     z_in: Tensor | None,
     out: CellBuffers,
     norm: NormC | None = None,
+    z_out: Tensor | None = None,
 ) -> Tensor | None:
-    """:func:`hmrnn.core.fused.cell.cell_forward`."""
+    """:func:`hmrnn.core.fused.cell.cell_forward`; the C++ cell writes z_t into ``z_out``
+    (M, 1) when given (and returns it)."""
     if not spec.native:
         return cell.cell_forward(spec, l, s, c_prev, h_prev, flush, z_in, out, norm)
     gates, c_new, tc, h_new = out
     z_new = None
     if spec.detector[l]:
-        z_new = s.new_empty(s.size(0), 1)
+        z_new = s.new_empty(s.size(0), 1) if z_out is None else z_out
     mode = spec.sample_mode if z_new is not None else 0
     gain, bias, stats = (None, None, None) if norm is None else (norm.gain, norm.bias, norm.stats)
-    native.kernels().cell_forward(
+    native.loaded().cell_forward(
         s, c_prev, h_prev, flush, z_in, gates, c_new, tc, h_new, z_new if mode else None,
         mode, spec.slope, gain, bias, stats,
     )  # fmt: skip
@@ -110,7 +112,7 @@ def cell_backward(
             cell.boundary_backward(spec, gates, z, g_z, ds)
         return grads
     n = (None,) * 5 if norm is None else (norm.gain, norm.stats, norm.c, norm.g_gain, norm.g_bias)
-    grads = native.kernels().cell_backward(
+    grads = native.loaded().cell_backward(
         gates, tc, c_prev, h_prev, flush, z_in, g_h, g_c, ds, spec.grad_through_ops,
         spec.grad_mode, spec.slope, g_z, *n,
     )  # fmt: skip
@@ -131,7 +133,7 @@ def preact_backward(
 ) -> list[Tensor | None]:
     """:func:`hmrnn.core.fused.ln_cell.preact_backward`; ``gains`` and ``g_gains`` (n, G)."""
     if spec.native:
-        return native.kernels().preact_backward(ds, xhat, stats, gains, gates, g_gains, g_P)
+        return native.loaded().preact_backward(ds, xhat, stats, gains, gates, g_gains, g_P)
     return ln_cell.preact_backward(
         ds, xhat, stats, list(gains.unbind(0)), gates, list(g_gains.unbind(0)), g_P
     )
@@ -153,7 +155,8 @@ def scatter(
     g_gates: list[Tensor | None] | None = None,
 ) -> None:
     """After layer l's backward multiply: from ``gx`` (d loss / d each input block, (M, H):
-    recurrent, top-down, bottom-up, those the layer has) sets ``g_h[l]`` (d h_{t-1}, with the
+    recurrent, top-down, bottom-up, those the layer has; for the C++ cell also one (M, n H)
+    tensor of them side by side) sets ``g_h[l]`` (d h_{t-1}, with the
     COPY rows' ``carry``), adds to ``g_h[l + 1]`` and ``g_h[l - 1]``, adds d z_t^{l-1} to
     ``g_z[l - 1]`` and sets ``g_z[l]`` (d z_{t-1}^l).
 
@@ -166,7 +169,7 @@ def scatter(
     g_td = g_gates[1] if g_gates is not None and above else None
     g_ih = g_gates[-1] if g_gates is not None and below else None
     if spec.native:
-        g_zprev = native.kernels().scatter(
+        g_zprev = native.loaded().scatter(
             gx, carry, g_h[l], g_h[l + 1] if above else None, h_above,
             g_h[l - 1] if below else None, h_below, z_prev, z_in,
             g_z[l - 1] if below and z_in is not None else None, g_zin, g_flush, g_td, g_ih, gated,
@@ -209,7 +212,7 @@ def recompute(
     assert norm.c is not None
     if spec.native:
         add = None if add is None or acts is None else add.expand_as(acts)
-        native.kernels().recompute(
+        native.loaded().recompute(
             xhat, gains, gates, add, acts, norm.c, norm.stats, norm.gain, norm.bias, tc
         )
         return
