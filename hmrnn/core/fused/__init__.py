@@ -1,21 +1,30 @@
-"""The HM-LSTM's fast path without layer norm: one loop over the sequence, written by hand.
+"""The HM-LSTM's fast path: one loop over the sequence, written by hand.
 
-:class:`HMLSTM` runs this for ``layer_norm=False`` (the equations of model.md §1 without the
-normalisation). Compared with building the sequence out of autograd operations it
+:class:`HMLSTM` runs this (the equations of model.md §1, with or without the layer norm of
+§4), and so does the LN-LSTM baseline (:class:`hmrnn.core.StackedLSTM` with layer norm: every
+layer updating). Compared with building the sequence out of autograd operations it
 
 - computes the backward pass through time by hand (an autograd Function over the whole
   sequence, :mod:`.backward`): no autograd graph of ~40 nodes per layer and step, only the
-  tensors the backward needs are kept, in preallocated (T, B, ...) buffers (:mod:`.loop`);
+  tensors the backward needs are kept, in (T, B, ...) buffers reused from pass to pass
+  (:mod:`.loop`, :mod:`.pool`); with layer norm the gates of layers above the first and
+  tanh(c_t) are recomputed in the backward instead of kept;
+- does each step's element-wise work (gates, masks, the normalisations, c, h, the boundary, and
+  their backward) in a few calls of a C++ extension built on first use (:mod:`.native`, with the
+  same functions in torch operations as its fallback: :mod:`.cell`, :mod:`.ln_cell`), chosen in
+  :mod:`.ops`;
 - multiplies with oneDNN and weights packed once per call (float32 on CPU), 1.2-1.5x faster than
   the default GEMM for the per-step shapes (docs/performance.md), both forward (x W^T) and for the
   input gradients (ds W) (:mod:`.weights`);
-- computes the weight gradients of all steps in one multiply per layer;
+- computes the weight gradients in one multiply per layer (and projection) for all steps, or
+  for chunks of steps where the buffers would be large (:data:`.backward.WEIGHT_GRAD_ROWS`);
 - orders the gate rows i, f, o, g, z internally, so one sigmoid covers all four gates;
-- skips the work of COPY rows (``HMLSTM.skip_copy``): their h and c are copied and only their
-  boundary is computed; without autograd always, and there the gated top-down and bottom-up
-  blocks also multiply only the rows whose gate is open; in training with imposed boundaries
-  (nothing needs a COPY row's gates then), forward and backward. Rows are gathered only when few
-  enough of them work (:data:`.loop.SPARSE_BELOW`). See :meth:`.loop.Loop.sparse_allowed`.
+- skips the work of COPY rows (``HMLSTM.skip_copy``, :mod:`.skipping`): their h and c are
+  copied and only their boundary is computed; without autograd always, and there the gated
+  top-down and bottom-up blocks also multiply only the rows whose gate is open; in training with
+  imposed boundaries (nothing needs a COPY row's gates then, no layer norm), forward and
+  backward. Rows are gathered only when few enough of them work (:data:`.skipping.SPARSE_BELOW`).
+  See :meth:`.loop.Loop.sparse_allowed`.
 
 The boundary z and its gradient come from the module's estimator
 (:class:`hmrnn.core.boundary.BoundaryEstimator`), the object the autograd path calls too. The

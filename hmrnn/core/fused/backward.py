@@ -6,8 +6,8 @@ import torch
 from torch import Tensor
 
 from hmrnn.core.fused import ops
-from hmrnn.core.fused.cell import NormC
-from hmrnn.core.fused.loop import Loop, block_inputs
+from hmrnn.core.fused.cell import NormC, block_inputs
+from hmrnn.core.fused.loop import Loop
 from hmrnn.core.fused.pool import POOL
 
 LoopGrads = tuple[Tensor, Tensor, Tensor, Tensor, list[Tensor]]

@@ -332,3 +332,19 @@ def boundary_backward(
         ds[:, 4 * H :].zero_()
     else:
         ds[:, 4 * H :] = spec.estimator.grad(gates[:, 4 * H :], spec.slope, z, g_z)
+
+
+def block_inputs(
+    h_prev: Tensor, z_prev: Tensor, above: Tensor | None, below: Tensor | None, z_in: Tensor | None
+) -> tuple[list[Tensor], list[Tensor | None]]:
+    """With layer norm, the inputs of a layer's projections (recurrent, top-down, bottom-up,
+    those it has) and the gate of each (None: ungated)."""
+    inputs: list[Tensor] = [h_prev]
+    gates: list[Tensor | None] = [None]
+    if above is not None:
+        inputs.append(above)
+        gates.append(z_prev)
+    if below is not None:
+        inputs.append(below)
+        gates.append(z_in)
+    return inputs, gates

@@ -143,6 +143,20 @@ inline void squash_normed(const T* c, T mean, T rstd, const T* gain, const T* bi
   for (int64_t j = 0; j < H; ++j) t[j] = tanh_(bias[j] + ((c[j] - mean) * rstd) * gain[j]);
 }
 
+// a row's operation masks (model.md §1) from z_{t-1} (flush, may be absent) and z_t^{l-1}
+template <typename T>
+inline void row_masks(const T* flush, T z_in, T& update, T& copy, T& act) {
+  if (flush) {
+    const T k = T(1) - flush[0];
+    update = k * z_in;
+    copy = k * (T(1) - z_in);
+  } else {
+    update = z_in;
+    copy = T(1) - z_in;
+  }
+  act = T(1) - copy;
+}
+
 // ------------------------------------------------------------------------------------ forward
 template <typename T>
 void gather_impl(const Tensor& X, const Tensor& h_prev, const OptTensor& above,
@@ -240,16 +254,7 @@ void cell_forward_impl(const Tensor& s, const Tensor& c_prev, const Tensor& h_pr
           c[j] = fc + i[j] * g[j];
         }
       } else {
-        const T zin = zi[r][0];
-        if (fl) {
-          const T k = T(1) - fl[r][0];
-          update = k * zin;
-          copy = k * (T(1) - zin);
-        } else {
-          update = zin;
-          copy = T(1) - zin;
-        }
-        act = T(1) - copy;
+        row_masks(fl ? fl[r] : static_cast<const T*>(nullptr), zi[r][0], update, copy, act);
         for (int64_t j = 0; j < H; ++j)
           c[j] = (copy * c0[j] + update * (f[j] * c0[j])) + act * (i[j] * g[j]);
       }
@@ -334,16 +339,7 @@ std::tuple<Tensor, OptTensor, OptTensor, OptTensor> cell_backward_impl(
       act = 1;
       return;
     }
-    const T zin = zi[r][0];
-    if (fl) {
-      const T k = T(1) - fl[r][0];
-      update = k * zin;
-      copy = k * (T(1) - zin);
-    } else {
-      update = zin;
-      copy = T(1) - zin;
-    }
-    act = T(1) - copy;
+    row_masks(fl ? fl[r] : static_cast<const T*>(nullptr), zi[r][0], update, copy, act);
   };
   at::parallel_for(0, M, grain<T>(G), [&](int64_t b, int64_t e) {
     std::vector<T> g_ct(H);

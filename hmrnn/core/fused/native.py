@@ -82,7 +82,7 @@ def kernels() -> ModuleType | None:
     try:
         from torch.utils.cpp_extension import load
 
-        log.info("building the fused C++ cell (the first time takes about a minute)")
+        log.info("loading the fused C++ cell (built on first use: about a minute, then cached)")
         _module = load(
             name=_name(flags),
             sources=[str(SOURCE)],
@@ -113,3 +113,15 @@ def usable(device: torch.device, dtype: torch.dtype) -> bool:
     if device.type != "cpu" or dtype not in (torch.float32, torch.float64):
         return False
     return kernels() is not None
+
+
+def main() -> None:
+    """``python -m hmrnn.core.fused``: build (or load) the C++ cell and say how long it
+    took and where it is kept, or why it cannot be built."""
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    module = kernels()
+    if module is None:
+        reason = "HMRNN_NATIVE=0" if not enabled() else "the build failed (see above)"
+        print(f"the C++ cell is not used ({reason}); the loop runs torch operations")
+        raise SystemExit(1)
+    print(f"C++ cell {module.__name__}: ready in {build_seconds:.1f} s, kept in {module.__file__}")
