@@ -24,7 +24,8 @@ USE_ONEDNN = True
 """Multiply with oneDNN's packed weights on CPU for float32 (set False to use torch's GEMM)."""
 
 
-def _onednn_usable(weight: Tensor) -> bool:
+def onednn_usable(weight: Tensor) -> bool:
+    """Whether multiplies by ``weight`` may go through oneDNN's private linear ops."""
     return (
         USE_ONEDNN
         and weight.device.type == "cpu"
@@ -46,7 +47,7 @@ class StepMatmul:
     def __init__(self, wt: Tensor, batch_size: int, pack: bool = True) -> None:
         self.wt = wt
         self.batch_size = batch_size
-        self.onednn = pack and _onednn_usable(wt)
+        self.onednn = pack and onednn_usable(wt)
         self._forward_packed: Tensor | None = None
         self._backward_packed: Tensor | None = None
         self._blocks: dict[int, StepMatmul] = {}
