@@ -41,7 +41,8 @@ class Loop(SkippingCells):
             h of ``hidden`` and ``h0``, ungated).
         gates[l]: (steps, B, G) i, f, o, g after their nonlinearity, then the raw s_z.
         cells[l], tanh_cells[l]: (steps, B, H) c_t and tanh(c_t) (of the normalised c_t).
-        hidden[l]: (T, B, H) h_t, the output.
+        hidden[l]: (T, B, H) h_t: views of ``output`` (T, B, K, H), returned as it is (not
+            from the pool).
         bounds: (T, K, B, 1) z_t as used.
         With layer norm, normed[l]: (n, steps, B, G) each projection normalised (xhat), and
         stats[l]: (steps, B, n + 2) their rstd, then c_t's mean and rstd.
@@ -95,7 +96,8 @@ class Loop(SkippingCells):
         ]
         self.cells = [new(steps, B, H) for _ in range(K)]
         self.tanh_cells = [new(1 if ln else steps, B, H) for _ in range(K)]
-        self.hidden = [new(T, B, H) for _ in range(K)]
+        self.output = like.new_empty(T, B, K, H)
+        self.hidden = list(self.output.unbind(2))
         self.bounds = new(T, K, B, 1, zero=True)
         # per-step views, made once (indexing inside the loop costs microseconds per call)
         self.inputs_t, self.gates_t, self.cells_t, self.tanh_cells_t, self.hidden_t = (
@@ -141,14 +143,14 @@ class Loop(SkippingCells):
 
     def outputs(self) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
         """output (T, B, K, H), h (K, B, H), c (K, B, H), z (K, B), boundaries (T, B, K)."""
-        output = torch.stack(self.hidden, dim=2)
+        output = self.output
         h = torch.stack(self.h_last)
         c = torch.stack(self.c_last)
         z = torch.cat(self.z_last, dim=1).t().contiguous()
         bounds = (
             self.bounds.squeeze(-1).transpose(1, 2).clone(memory_format=torch.contiguous_format)
         )
-        return output, h, c, z, bounds  # new tensors: the buffers go back to the pool
+        return output, h, c, z, bounds  # none of them a pooled buffer
 
     def sparse_allowed(self, t: int) -> bool:
         """Whether step t may leave out the work of COPY rows (and of closed gates).
