@@ -15,7 +15,7 @@ import shutil
 import pytest
 import torch
 
-from hmrnn.core import HMLSTM, HMLSTMState, StackedLSTM
+from hmrnn.core import HMLSTM, HMLSTMState, StackedLSTM, fused
 from hmrnn.core.fused import LoopSpec, native, pool
 
 needs_compiler = pytest.mark.skipif(
@@ -178,3 +178,27 @@ def test_buffers_made_in_inference_mode_are_not_reused_outside_it() -> None:
         got = rnn(x)[0]
     rnn(x)[0].sum().backward()
     torch.testing.assert_close(got, want)
+
+
+def test_a_training_step_returns_its_buffers_to_the_pool(monkeypatch) -> None:
+    """Once autograd lets go of the graph the loop's buffers are free for the next step (a
+    reference from the loop to its returned output would keep them, and the graph, forever)."""
+    fresh = pool.BufferPool()
+    monkeypatch.setattr(fused.loop, "POOL", fresh)
+    for layer_norm in (False, True):
+        rnn = HMLSTM(H_IN, H, 3, layer_norm=layer_norm)
+        for _ in range(3):
+            rnn(torch.randn(T, B, H_IN))[0].sum().backward()
+        assert fresh.kept_bytes > 0
+        kept = fresh.kept_bytes
+        rnn(torch.randn(T, B, H_IN))[0].sum().backward()
+        assert fresh.kept_bytes == kept, "a steady step takes and returns the same buffers"
+        fresh.clear()
+
+
+def test_an_in_place_change_of_the_output_is_refused_at_backward() -> None:
+    rnn = HMLSTM(H_IN, H, 2)
+    out = rnn(torch.randn(T, B, H_IN))[0]
+    out.mul_(2.0)
+    with pytest.raises(RuntimeError, match="in-place"):
+        out.sum().backward()

@@ -92,7 +92,13 @@ class _Sequence(torch.autograd.Function):
                 mm.drop_forward()
         ctx.loop = loop
         ctx.set_materialize_grads(False)  # an output not used gets None, not a tensor of zeros
-        return loop.outputs()
+        output, *rest = loop.outputs()
+        # the loop reads its h buffers (views of output) in the backward: output leaves as an
+        # alias without the loop's references to it (a returned tensor held by ctx would make a
+        # reference cycle through autograd that Python never collects), sharing its version
+        # counter, so that an in-place change of it is caught as autograd catches it
+        ctx.output_version = output._version
+        return (output.detach(), *rest)
 
     @staticmethod
     def backward(  # type: ignore[override]
@@ -104,6 +110,12 @@ class _Sequence(torch.autograd.Function):
         g_bounds: Tensor | None,
     ) -> tuple[Tensor | None, ...]:
         loop = ctx.loop  # kept (not deleted) so that backward can run again with retain_graph
+        if loop.output._version != ctx.output_version:
+            raise RuntimeError(
+                "the HM-LSTM's output was modified by an in-place operation after the forward "
+                "pass, and the backward reads it: use an out-of-place operation (e.g. "
+                "nn.Dropout(inplace=False)) or clone the output first"
+            )
         g_bu, g_h0, g_c0, g_z0, grad_params = Backward(loop).run(g_out, g_h, g_c, g_z, g_bounds)
         return None, g_bu, g_h0, g_c0, g_z0, None, *grad_params
 
