@@ -156,15 +156,19 @@ def test_pooled_buffers_never_alias_outputs() -> None:
     assert pool.POOL.kept_bytes > 0, "the buffers of finished passes are kept for reuse"
 
 
-def test_pool_keeps_at_most_its_limit() -> None:
+def test_pool_keeps_at_most_its_limit_giving_up_the_least_recently_used() -> None:
     small = pool.BufferPool(keep_bytes=1000)
     like = torch.zeros(1)
-    a = small.take(like, 100)  # 400 bytes
-    b = small.take(like, 100)
-    c = small.take(like, 100)
-    small.give([a, b, c])
+    a, b = small.take(like, 100), small.take(like, 100)  # 400 bytes each
+    small.give([a, b])
     assert small.kept_bytes == 800
     assert small.take(like, 100) is not None and small.kept_bytes == 400
+    c = small.take(like, 50)  # 200 bytes: another shape
+    small.give([c])
+    d = small.take(like, 120)  # 480 bytes: the newest; the least recently used (100) goes
+    small.give([d])
+    assert small.kept_bytes == 680
+    assert small.take(like, 100) is not a and small.kept_bytes == 680
     assert torch.equal(small.take(like, 3, zero=True), torch.zeros(3))
 
 
