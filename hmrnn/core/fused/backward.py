@@ -193,13 +193,10 @@ class Backward:
         flush = z_prev if spec.detector[l] else None
         normed = list(loop.normed_t[l][t])
         assert loop.gains is not None
-        tc = self.tc
-        if loop.stores_gates(l):
-            acts = loop.gates_t[l][t]
-            ops.recompute(spec, normed, loop.gains[l], gates, None, None, norm, tc)
-        else:
-            acts = self.acts[l]
-            ops.recompute(spec, normed, loop.gains[l], gates, loop.biases[l], acts, norm, tc)
+        tc, kept = self.tc, loop.stores_gates(l)  # the gates recomputed where not kept
+        acts = loop.gates_t[l][t] if kept else self.acts[l]
+        add, into = (None, None) if kept else (loop.biases[l], acts)
+        ops.recompute(spec, normed, loop.gains[l], gates, add, into, norm, tc)
         self.g_c[l], carry, g_zin, g_flush = ops.cell_backward(
             spec, acts, tc, c_prev, h_prev, flush, z_in, g_hl, self.g_c[l], ds, norm,
             loop.bounds_t[t][l], g_zl,
@@ -207,7 +204,6 @@ class Backward:
         if l > 0:
             self.g_bias[l].add_(ds.sum(0))
         g_P = self.g_proj_t[l][t % self.chunk]
-        assert loop.gains is not None
         g_gates = ops.preact_backward(
             spec, ds, normed, stats, loop.gains[l], gates, self.g_gains[l],
             list(g_P),
