@@ -3,9 +3,10 @@
 :func:`kernels` returns the C++ functions when they can be built (a C++ compiler and ninja, CPU
 tensors in float32 or float64), else None, and the loop then runs the torch-operation versions of
 :mod:`hmrnn.core.fused.cell` and :mod:`hmrnn.core.fused.ln_cell` (the same equations, about 80
-small operations per step instead of 2-3 calls). The first build takes about a minute on two
-cores; it is logged with its time and kept in torch's extension cache (``TORCH_EXTENSIONS_DIR``,
-by default ``~/.cache/torch_extensions``), so later processes load it in about a second.
+small operations per step instead of 3-5 calls). The first build takes 25-40 s on two
+cores; it is reported on stderr with its time and kept in torch's extension cache
+(``TORCH_EXTENSIONS_DIR``, by default ``~/.cache/torch_extensions``), so later processes load
+it in a fraction of a second.
 
 ``HMRNN_NATIVE=0`` turns the C++ cell off (the torch-operation loop runs); a build that fails is
 logged once as a warning, with the reason, and not tried again in that process.
@@ -17,6 +18,7 @@ import hashlib
 import logging
 import os
 import platform
+import sys
 import time
 from pathlib import Path
 from types import ModuleType
@@ -26,6 +28,9 @@ import torch
 log = logging.getLogger(__name__)
 
 SOURCE = Path(__file__).with_name("native.cpp")
+
+BUILD_NOTICE_S = 3.0
+"""A build or load that took longer than this compiled: it is reported on stderr."""
 
 _module: ModuleType | None = None
 _tried = False
@@ -82,7 +87,7 @@ def kernels() -> ModuleType | None:
     try:
         from torch.utils.cpp_extension import load
 
-        log.info("loading the fused C++ cell (built on first use: about a minute, then cached)")
+        log.info("loading the fused C++ cell (built on first use: 25-40 s here, then cached)")
         _module = load(
             name=_name(flags),
             sources=[str(SOURCE)],
@@ -99,6 +104,13 @@ def kernels() -> ModuleType | None:
         return None
     build_seconds = time.perf_counter() - start
     log.info("fused C++ cell ready in %.1f s", build_seconds)
+    if build_seconds > BUILD_NOTICE_S:  # it compiled (a cached build loads in a fraction of it)
+        print(
+            f"hmrnn: built the fused C++ cell in {build_seconds:.0f} s, once: it is kept in "
+            f"{Path(_module.__file__).parent} for later runs",
+            file=sys.stderr,
+            flush=True,
+        )
     return _module
 
 
