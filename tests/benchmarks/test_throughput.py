@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -36,3 +39,28 @@ def test_throughput_script_writes_a_markdown_table(tmp_path: Path) -> None:
         assert 0 < low <= float(cells[5].rstrip("x")) <= high  # the median inside the spread
         if cells[0] == "train":
             assert float(cells[7]) >= 0  # peak MB measured for every training row
+
+
+@pytest.mark.slow
+def test_the_prepared_gpu_check_runs_on_the_cpu(tmp_path: Path) -> None:
+    """benchmarks/gpu_check.py is run on a lent GPU only: its smoke test here keeps it working
+    (tiny sizes, the CPU), every part and file included."""
+    data = ROOT.parent / "shared" / "data" / "ptb-char"
+    command = [sys.executable, str(ROOT / "benchmarks" / "gpu_check.py"), "--device", "cpu"]
+    command += ["--quick", "--out", str(tmp_path)] + (
+        ["--data", str(data)] if data.is_dir() else []
+    )
+    done = subprocess.run(command, capture_output=True, text=True, cwd=ROOT, timeout=600)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    found = json.loads((tmp_path / "correctness.json").read_text())["max_abs_diff"]
+    assert len(found) == 13 and max(max(d.values()) for d in found.values()) < 1e-9
+    assert "| train |" in (tmp_path / "throughput.md").read_text()
+    assert set(json.loads((tmp_path / "bf16.json").read_text())["median_seconds"]) == {
+        "float32",
+        "bf16_autocast",
+    }
+    if data.is_dir():
+        assert (
+            "exit 0" in done.stdout.splitlines()[-1]
+            and "results:" in (tmp_path / "train.log").read_text()
+        )
