@@ -3,7 +3,7 @@
 :func:`kernels` returns the C++ functions when they can be built (a C++ compiler and ninja, CPU
 tensors in float32 or float64), else None, and the loop then runs the torch-operation versions of
 :mod:`hmrnn.core.fused.cell` and :mod:`hmrnn.core.fused.ln_cell` (the same equations, about 80
-small operations per step instead of 3-5 calls). The first build takes 25-40 s on two
+small operations per step instead of 2-4 calls). The first build takes 25-40 s on two
 cores; it is reported on stderr with its time and kept in torch's extension cache
 (``TORCH_EXTENSIONS_DIR``, by default ``~/.cache/torch_extensions``), so later processes load
 it in a fraction of a second.
