@@ -500,3 +500,13 @@ def test_layer_norm_models_train_end_to_end(tmp_path: Path, model: str) -> None:
     # numbers must be real and no worse than guessing among the 27 symbols (log2 27 = 4.75)
     for split in ("train", "val", "test"):
         assert 0 < metrics[f"{split}/bpc"] < 4.8, (split, metrics[f"{split}/bpc"])
+
+
+def test_bf16_mixed_precision_trains_end_to_end(tmp_path: Path) -> None:
+    """``trainer.precision=bf16-mixed`` (autocast): the loop multiplies in bf16 and keeps its
+    state and gradients in float32; a run trains, validates and tests to real numbers."""
+    args = ["trainer.precision=bf16-mixed", "run_name=bf16", "trainer.max_steps=40"]
+    train(tmp_path, *args, "logger.mode=disabled")
+    metrics = json.loads((tmp_path / "bf16" / "results.json").read_text())["metrics"]
+    for split in ("train", "val", "test"):
+        assert 0 < metrics[f"{split}/bpc"] < 4.8, (split, metrics[f"{split}/bpc"])

@@ -85,7 +85,9 @@ class HMLSTM(nn.Module):
 
     Attributes (plain, not saved): ``fused`` (default True) runs the hand-written loop of
     :mod:`hmrnn.core.fused`; ``native`` (default True) lets that loop do each step's
-    element-wise work in the C++ cell (:mod:`hmrnn.core.fused.native`, CPU, where it builds);
+    element-wise work in a fused cell: C++ on CPU where it builds (:mod:`hmrnn.core.fused.native`),
+    Triton on CUDA (:mod:`hmrnn.core.fused.triton_cell`); False runs torch operations, "cpp" or
+    "triton" names one (Triton on CPU runs in its interpreter: tests only);
     ``skip_copy`` (default True) lets it skip the work of COPY rows (CPU, evaluation, and
     training with imposed boundaries). They change results only by rounding.
     ``fused_weights`` keeps that loop's weights, reordered and packed, between passes without
@@ -126,12 +128,13 @@ class HMLSTM(nn.Module):
         self.grad_through_ops = grad_through_ops
         self.batch_first = batch_first
         self.fused = True  # run the hand-written loop (hmrnn.core.fused)
-        self.native = True  # with its per-step work in C++ where it builds (fused.native)
+        self.native = True  # its per-step work in C++ (CPU) or Triton (CUDA): fused.native
         # and there skip the work of COPY rows: in evaluation, and in training with imposed
         # boundaries (layers with large weights only; hmrnn.core.fused.Loop.sparse_allowed)
         self.skip_copy = True
         self.fused_weights = WeightCache()  # that loop's weights, for passes without autograd
         self.register_buffer("slope", torch.tensor(1.0))
+        self._slope_seen: tuple[Tensor, int, float] | None = None  # slope_value()'s copy
         self._register_parameters()
         self.reset_parameters()
 
@@ -154,6 +157,21 @@ class HMLSTM(nn.Module):
                 self.register_parameter(f"ln_c_bias_l{l}", nn.Parameter(torch.empty(H)))
 
     # ----------------------------------------------------------------------------- structure
+    def set_slope(self, value: float) -> None:
+        """Sets the hard sigmoid's slope (the annealing callback's call), remembering the value
+        on the host so that the loop need not read it back from a GPU."""
+        self.slope.fill_(value)
+        self._slope_seen = (self.slope, self.slope._version, float(value))
+
+    def slope_value(self) -> float:
+        """The slope as a Python number; read from the buffer (a host-device synchronisation on
+        a GPU) only when it changed by other means than :meth:`set_slope` (a checkpoint load,
+        ``.to()``, an in-place write)."""
+        seen = self._slope_seen
+        if seen is None or seen[0] is not self.slope or seen[1] != self.slope._version:
+            seen = self._slope_seen = (self.slope, self.slope._version, float(self.slope))
+        return seen[2]
+
     def has_detector(self, l: int) -> bool:
         """Whether layer l computes a boundary z (every layer but the top, unless asked)."""
         return l < self.num_layers - 1 or self.top_layer_boundary

@@ -27,7 +27,8 @@ class StackedLSTM(nn.Module):
     Outputs: output (T, B, K, H), state (z all zeros), boundaries (T, B, K) all zeros.
 
     Attributes (plain, not saved), with layer norm: ``fused`` (default True) runs the
-    hand-written loop, ``native`` (default True) with its per-step work in C++;
+    hand-written loop, ``native`` (default True) with its per-step work in the fused cell
+    (C++ on CPU, Triton on CUDA; False torch operations, or "cpp" / "triton" by name);
     ``fused_weights`` keeps its weights between passes without autograd.
     """
 

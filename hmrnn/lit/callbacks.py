@@ -40,7 +40,11 @@ class SlopeAnnealing(L.Callback):
             return
         per_epoch = trainer.num_training_batches
         fraction = batch_idx / per_epoch if per_epoch and per_epoch != float("inf") else 0.0
-        slope.slope.fill_(slope_at(self.config, trainer.current_epoch + fraction))
+        value = slope_at(self.config, trainer.current_epoch + fraction)
+        if hasattr(slope, "set_slope"):
+            slope.set_slope(value)  # the loop then reads it without a device synchronisation
+        else:
+            slope.slope.fill_(value)
 
 
 class Throughput(L.Callback):

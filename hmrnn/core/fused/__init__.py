@@ -35,6 +35,7 @@ tests/core/test_fused.py); the COPY / UPDATE / FLUSH masks are the same as in
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import TYPE_CHECKING
 
 import torch
@@ -83,7 +84,7 @@ class _Sequence(torch.autograd.Function):
     ) -> LoopOutputs:
         (T, B, _) = bottom_up.shape
         weights, biases, gains, norm_c = LoopWeights.unflat(spec.K, spec.layer_norm, params)
-        matmuls = step_matmuls(weights, B, pack=T >= PACK_FROM)
+        matmuls = step_matmuls(weights, B, pack=T >= PACK_FROM, dtype=spec.mm_dtype)
         norm = None if gains is None or norm_c is None else (gains, norm_c)
         loop = Loop(spec, bottom_up, (h0, c0, z0), imposed, matmuls, biases, keep=True, norm=norm)
         loop.run()
@@ -154,22 +155,47 @@ def run_loop(
     imposed: Tensor | None,
 ) -> LoopOutputs:
     """The loop over ``input`` (T, B, H_in) from ``state`` with ``rnn``'s weights: one autograd
-    node when a gradient is wanted, else a plain pass with the cached weights."""
+    node when a gradient is wanted, else a plain pass with the cached weights.
+
+    Under autocast (``torch.autocast``, Lightning's ``precision="bf16-mixed"``) the loop's
+    multiplies run in autocast's dtype (weights cast once per call, inputs by the gather), and
+    everything else (the state, the cell's arithmetic, the outputs and the gradients) in the
+    input's dtype; the loop itself runs with autocast off."""
+    device_type = input.device.type
+    low = None
+    if torch.is_autocast_enabled(device_type) and input.dtype == torch.float32:
+        low = torch.get_autocast_dtype(device_type)
+        # the C++ cell reads one dtype; COPY skipping gathers rows (CPU speed-ups both: mixed
+        # precision is for GPUs, where the Triton cell converts on load)
+        spec = replace(spec, mm_dtype=low, native=spec.triton, skip_copy=False)
     tensors = (input, *state, *rnn.parameters())
     if torch.is_grad_enabled() and any(x.requires_grad for x in tensors):
         weights = module_loop_weights(rnn, input.device)
         args = (state.h, state.c, state.z, imposed, *weights.flat())
-        return _Sequence.apply(spec, weights.bottom_up(input), *args)
+        bottom_up = _mm_dtype(weights.bottom_up(input), spec)
+        with torch.autocast(device_type, enabled=False):
+            return _Sequence.apply(spec, bottom_up, *args)
 
     # no gradient wanted: the weights in loop order (and packed) are kept while they are unchanged
     weights, matmuls = rnn.fused_weights.get(rnn, input)
+    if low is not None:
+        matmuls = step_matmuls(weights.step_weights, input.size(1), pack=False, dtype=low)
     norm = None
     if weights.gains is not None and weights.norm_c is not None:
         norm = (weights.gains, weights.norm_c)
-    bottom_up = weights.bottom_up(input)
-    loop = Loop(spec, bottom_up, state, imposed, matmuls, weights.biases, keep=False, norm=norm)
-    loop.run()
-    return loop.outputs()
+    bottom_up = _mm_dtype(weights.bottom_up(input), spec)
+    with torch.autocast(device_type, enabled=False):
+        loop = Loop(spec, bottom_up, state, imposed, matmuls, weights.biases, False, norm)
+        loop.run()
+        return loop.outputs()
+
+
+def _mm_dtype(bottom_up: Tensor, spec: LoopSpec) -> Tensor:
+    """Layer 0's bottom-up term as its step multiply adds it: in the multiplies' dtype (mixed
+    precision, without layer norm, where it is the multiply's addend)."""
+    if spec.mm_dtype is None or spec.layer_norm:
+        return bottom_up
+    return bottom_up.to(spec.mm_dtype)
 
 
 __all__ = [

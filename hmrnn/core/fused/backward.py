@@ -92,11 +92,15 @@ class Backward:
     ) -> LoopGrads:
         """From the gradients of the loop's outputs (:meth:`Loop.outputs`; None for zeros)."""
         loop, K = self.loop, self.spec.K
+        if g_out is not None and self.spec.triton and g_out.stride(-1) != 1:
+            g_out = g_out.contiguous()  # the cell reads it by rows (autograd may expand it)
         self._start(g_h, g_c, g_z)
         for t in range(loop.T - 1, -1, -1):
             for l in range(K - 1, -1, -1):
-                g_hl, g_zl = self.g_h[l], self.g_z[l]
-                if g_out is not None:
+                g_hl, g_zl, g_h2 = self.g_h[l], self.g_z[l], None
+                if g_out is not None and self.spec.triton:  # added inside the cell's launch
+                    g_h2 = g_out[t, :, l]
+                elif g_out is not None:
                     g_hl = g_hl + g_out[t, :, l]
                 if loop.imposed is not None:  # no gradient reaches the detector
                     g_zl = None
@@ -104,9 +108,9 @@ class Backward:
                     g_zl = g_zl + g_bounds[t, :, l : l + 1]
                 rows = loop.worked.get((t, l))
                 if self.spec.layer_norm:
-                    self._normed_step(t, l, g_hl, g_zl)
+                    self._normed_step(t, l, g_hl, g_zl, g_h2)
                 elif rows is None:
-                    self._step(t, l, g_hl, g_zl)
+                    self._step(t, l, g_hl, g_zl, g_h2)
                 else:  # only these rows worked; COPY rows pass gradients on
                     self._skipped_step(t, l, rows, g_hl)
             if t % self.chunk == 0:  # the first step of a chunk: its weight gradients
@@ -155,9 +159,11 @@ class Backward:
         """h_t^l (B, H); t = -1 is the initial state's."""
         return self.loop.h0[l] if t < 0 else self.loop.hidden_t[l][t]
 
-    def _step(self, t: int, l: int, g_hl: Tensor, g_zl: Tensor | None) -> None:
-        """Layer l at step t, every row: d h_t and d z_t (``g_hl``, ``g_zl``) to the gradients
-        of the step's inputs (h, c, z of step t-1 and the layers around)."""
+    def _step(
+        self, t: int, l: int, g_hl: Tensor, g_zl: Tensor | None, g_h2: Tensor | None = None
+    ) -> None:
+        """Layer l at step t, every row: d h_t and d z_t (``g_hl`` (+ ``g_h2``), ``g_zl``) to
+        the gradients of the step's inputs (h, c, z of step t-1 and the layers around)."""
         loop, spec, H = self.loop, self.spec, self.spec.H
         c_prev = loop.c0[l] if t == 0 else loop.cells_t[l][t - 1]
         z_prev = self._z_at(t - 1, l)
@@ -166,7 +172,7 @@ class Backward:
         tc, flush = loop.tanh_cells_t[l][t], z_prev if spec.detector[l] else None
         self.g_c[l], carry, g_zin, g_flush = ops.cell_backward(
             spec, gates, tc, c_prev, X[:, :H], flush, z_in, g_hl, self.g_c[l], ds, None,
-            loop.bounds_t[t][l], g_zl,
+            loop.bounds_t[t][l], g_zl, g_h2,
         )  # fmt: skip
         gx = loop.matmuls[l][0].backward(ds)
         above = self._h_at(t - 1, l + 1) if spec.top_down[l] else None
@@ -177,7 +183,9 @@ class Backward:
             g_flush,
         )  # fmt: skip
 
-    def _normed_step(self, t: int, l: int, g_hl: Tensor, g_zl: Tensor | None) -> None:
+    def _normed_step(
+        self, t: int, l: int, g_hl: Tensor, g_zl: Tensor | None, g_h2: Tensor | None = None
+    ) -> None:
         """:meth:`_step` with layer norm (:meth:`Loop.normed_cell`)."""
         loop, spec = self.loop, self.spec
         c_prev = loop.c0[l] if t == 0 else loop.cells_t[l][t - 1]
@@ -196,17 +204,15 @@ class Backward:
         tc, kept = self.tc, loop.stores_gates(l)  # the gates recomputed where not kept
         acts = loop.gates_t[l][t] if kept else self.acts[l]
         add, into = (None, None) if kept else (loop.biases[l], acts)
-        ops.recompute(spec, normed, loop.gains[l], gates, add, into, norm, tc)
+        again = (normed, loop.gains[l], gates, add, into)  # recomputed first
         self.g_c[l], carry, g_zin, g_flush = ops.cell_backward(
             spec, acts, tc, c_prev, h_prev, flush, z_in, g_hl, self.g_c[l], ds, norm,
-            loop.bounds_t[t][l], g_zl,
+            loop.bounds_t[t][l], g_zl, g_h2, again,
         )  # fmt: skip
-        if l > 0:
-            self.g_bias[l].add_(ds.sum(0))
         g_P = self.g_proj_t[l][t % self.chunk]
         g_gates = ops.preact_backward(
             spec, ds, normed, stats, loop.gains[l], gates, self.g_gains[l],
-            list(g_P),
+            list(g_P), self.g_bias[l] if l > 0 else None,
         )  # fmt: skip
         gx = [mm.backward(dP) for mm, dP in zip(loop.matmuls[l], g_P, strict=True)]
         ops.scatter(
@@ -297,7 +303,10 @@ ONEDNN_ROWS_UP_TO = 4096
 
 def weight_grad(d: Tensor, x: Tensor) -> Tensor:
     """d^T x, (G, N), from d loss / d s ``d`` (rows, G) and the inputs ``x`` (rows, N): a weight
-    gradient, transposed."""
+    gradient, transposed. Inputs kept in a lower precision (mixed precision: bf16) multiply in
+    it; the result is in ``d``'s dtype."""
+    if x.dtype != d.dtype:
+        return (d.to(x.dtype).t() @ x).to(d.dtype)
     if d.size(0) <= ONEDNN_ROWS_UP_TO and onednn_usable(d):
         try:
             lin = torch.ops.mkldnn._linear_pointwise

@@ -7,7 +7,7 @@ Gate columns are in the loop's order i, f, o, g, z with the g columns doubled
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -46,9 +46,15 @@ class LoopSpec:
     skip_copy: bool  # COPY rows may be left out (see Loop.sparse_allowed)
     layer_norm: bool = False  # projections normalised separately, tanh of the normalised c
     hierarchical: bool = True  # False: an LSTM stack (every layer updates, nothing gated)
-    native: bool = False  # the C++ cell (hmrnn.core.fused.native) does the element-wise work
+    native: bool = False  # a fused cell (C++ or Triton: hmrnn.core.fused.native) does the
+    # element-wise work
+    triton: bool = False  # that cell is Triton's (hmrnn.core.fused.triton_cell), not C++
     sample_mode: int = 0  # the C++ cell's z: 0 the estimator's sample(), 1 step, 2 soft
     grad_mode: int = 0  # its d z: 0 the estimator's grad(), 1 straight-through, 2 soft
+    mm_dtype: torch.dtype | None = None  # under autocast: the multiplies' dtype (bf16); the
+    # state, the cell's arithmetic and the gradients stay in the input's dtype
+    slope_tensor: Tensor | None = field(default=None, compare=False, repr=False)  # the
+    # module's slope buffer: the Triton cell reads it on the device (CUDA graphs see updates)
 
     @classmethod
     def of(
@@ -62,11 +68,16 @@ class LoopSpec:
         tensors in float32 and float64 where it can be built."""
         K = rnn.num_layers
         estimator = rnn.estimator
-        # row counts would synchronise a GPU at every step; random draws must match the dense
-        # path's, which draws for every row at once
+        modes = native_modes(
+            estimator, training, device, dtype or rnn.slope.dtype, getattr(rnn, "native", True)
+        )
+        # row counts would synchronise a GPU at every step (the Triton cell is the GPU's path,
+        # also where it runs interpreted); random draws must match the dense path's, which
+        # draws for every row at once
         skip_copy = (
             rnn.skip_copy
             and (device is None or device.type == "cpu")
+            and not modes.get("triton", False)
             and not estimator.is_random(training)
         )
         return cls(
@@ -77,12 +88,11 @@ class LoopSpec:
             estimator=estimator,
             training=training,
             grad_through_ops=rnn.grad_through_ops,
-            slope=float(rnn.slope),
+            slope=rnn.slope_value(),
             skip_copy=skip_copy,
             layer_norm=rnn.layer_norm,
-            **native_modes(
-                estimator, training, device, dtype or rnn.slope.dtype, getattr(rnn, "native", True)
-            ),
+            slope_tensor=rnn.slope if modes.get("triton", False) else None,
+            **modes,
         )
 
     @classmethod
@@ -93,7 +103,7 @@ class LoopSpec:
         training: bool,
         device: torch.device,
         dtype: torch.dtype,
-        allow_native: bool = True,
+        allow_native: bool | str = True,
     ) -> LoopSpec:
         """The LN-LSTM stack (:class:`hmrnn.core.lstm.StackedLSTM`): the HM-LSTM's loop with
         every layer updating (no boundaries, no top-down input)."""
@@ -113,17 +123,35 @@ class LoopSpec:
         )
 
 
+NATIVE_CHOICES = (True, False, "cpp", "triton")
+"""The values of ``HMLSTM.native`` (and ``StackedLSTM.native``): True the fused cell of the
+device (C++ on CPU, Triton on CUDA), False torch operations, or one of the two by name."""
+
+
 def native_modes(
     estimator: BoundaryEstimator,
     training: bool,
     device: torch.device | None,
     dtype: torch.dtype,
-    allow: bool = True,
+    allow: bool | str = True,
 ) -> dict[str, Any]:
-    """LoopSpec's ``native``, ``sample_mode`` and ``grad_mode``: the built-in estimators' rules
-    are written into the C++ cell; any other estimator's sample() and grad() are called from
-    Python around it."""
-    if not allow or not native.usable(device or torch.device("cpu"), dtype):
+    """LoopSpec's ``native``, ``triton``, ``sample_mode`` and ``grad_mode`` for the module's
+    ``native`` setting (``allow``, one of :data:`NATIVE_CHOICES`): the built-in estimators'
+    rules are written into the fused cells; any other estimator's sample() and grad() are called
+    from Python around them."""
+    if allow not in NATIVE_CHOICES or not isinstance(allow, (bool, str)):
+        raise ValueError(
+            f"native must be one of True, False, 'cpp', 'triton', not {allow!r}: set the "
+            "module's `native` attribute to one of them"
+        )
+    device = device or torch.device("cpu")
+    use_triton = allow == "triton" or (allow is True and device.type == "cuda")
+    if allow is False:
+        return {"native": False}
+    if use_triton:
+        if not native.triton_usable(device, dtype, required=allow == "triton"):
+            return {"native": False}
+    elif not native.usable(device, dtype):
         return {"native": False}
     kind = type(estimator)
     sample = 0
@@ -134,7 +162,7 @@ def native_modes(
     elif kind.sample is SoftEstimator.sample:
         sample = 2
     grad = {StepEstimator.grad: 1, SoftEstimator.grad: 2}.get(kind.grad, 0)
-    return {"native": True, "sample_mode": sample, "grad_mode": grad}
+    return {"native": True, "triton": use_triton, "sample_mode": sample, "grad_mode": grad}
 
 
 @dataclass

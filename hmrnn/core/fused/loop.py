@@ -70,7 +70,10 @@ class Loop(SkippingCells):
         self.T, self.B, _ = bottom_up.shape
         self.matmuls = matmuls
         self.biases: list[Tensor | None] = [None, *biases]  # layer 0's is in bottom_up
-        self._allocate(bottom_up)
+        low = spec.mm_dtype
+        # the step multiplies' biases (mixed precision: in the multiplies' dtype, cast once)
+        self.mm_biases = [b if b is None or low is None else b.to(low) for b in self.biases]
+        self._allocate(self.h0)  # the state's dtype (bottom_up may be bf16 under autocast)
         self.bottom_up_t = bottom_up.unbind(0)
         self.sparse_layer = [sum(m.wt.numel() for m in ms) >= SPARSE_MIN_WEIGHT for ms in matmuls]
         self.worked: dict[tuple[int, int], Tensor] = {}  # (t, l) -> rows computed, if not all
@@ -82,12 +85,14 @@ class Loop(SkippingCells):
         steps = T if self.keep else 1
         taken: list[Tensor] = []  # returned to the pool when this loop is collected
 
-        def new(*shape: int, zero: bool = False) -> Tensor:
-            taken.append(POOL.take(like, *shape, zero=zero))
+        def new(*shape: int, zero: bool = False, of: Tensor = like) -> Tensor:
+            taken.append(POOL.take(of, *shape, zero=zero))
             return taken[-1]
 
         ln = self.spec.layer_norm
-        self.inputs = [] if ln else [new(steps, B, ms[0].wt.size(0)) for ms in self.matmuls]
+        # the multiplies' inputs in their dtype (mixed precision: the gather casts)
+        low = like if self.spec.mm_dtype is None else like.new_empty(0, dtype=self.spec.mm_dtype)
+        self.inputs = [] if ln else [new(steps, B, ms[0].wt.size(0), of=low) for ms in self.matmuls]
         # with layer norm the backward recomputes the gates of layers l > 0 and every tanh(c_t)
         # from what it keeps anyway: one step's room for them (seen at every step)
         self.gates = [
@@ -196,7 +201,7 @@ class Loop(SkippingCells):
             if l == 0:
                 s = self.matmuls[0][0].forward(X, add=self.bottom_up_t[t])
             else:
-                s = self.matmuls[l][0].forward(X, self.biases[l])
+                s = self.matmuls[l][0].forward(X, self.mm_biases[l])
         out = (self.gates_t[l][k], self.cells_t[l][k], self.tanh_cells_t[l][k], self.hidden_t[l][t])
         z_new = ops.cell_forward(
             spec, l, s, c_prev, h_prev, flush, z_in, out, None, self._z_at(t, l)
@@ -234,9 +239,9 @@ class Loop(SkippingCells):
         assert add is not None
         assert self.gains is not None
         spec = self.spec
-        ops.preact_forward(spec, P, self.gains[l], gates, add, out[0], self.normed_t[l][k], stats)
+        pre = (P, self.gains[l], gates, add, list(self.normed_t[l][k]), stats)
         norm = NormC(*self.norm_c[l], stats[:, n:])
         z_new = ops.cell_forward(
-            spec, l, out[0], c_prev, h_prev, flush, z_in, out, norm, self._z_at(t, l)
+            spec, l, out[0], c_prev, h_prev, flush, z_in, out, norm, self._z_at(t, l), pre
         )
         return out[3], out[1], z_new

@@ -1,4 +1,5 @@
-"""The fused per-step cell in C++ (``native.cpp``), built on first use and cached.
+"""The fused per-step cell: in C++ (``native.cpp``) on CPU, built on first use and cached, and
+in Triton (:mod:`.triton_cell`) on CUDA.
 
 :func:`kernels` returns the C++ functions when they can be built (a C++ compiler and ninja, CPU
 tensors in float32 or float64), else None, and the loop then runs the torch-operation versions of
@@ -10,6 +11,10 @@ it in a fraction of a second.
 
 ``HMRNN_NATIVE=0`` turns the C++ cell off (the torch-operation loop runs); a build that fails is
 logged once as a warning, with the reason, and not tried again in that process.
+
+:func:`triton_kernels` returns the Triton module where Triton imports (it ships with PyTorch's
+CUDA wheels); ``HMRNN_TRITON=0`` turns it off. On a machine without a GPU the Triton kernels run
+in Triton's interpreter, for tests only (``HMLSTM.native = "triton"``).
 """
 
 from __future__ import annotations
@@ -125,6 +130,56 @@ def usable(device: torch.device, dtype: torch.dtype) -> bool:
     if device.type != "cpu" or dtype not in (torch.float32, torch.float64):
         return False
     return kernels() is not None
+
+
+_triton: ModuleType | None = None
+_triton_tried = False
+
+
+def triton_enabled() -> bool:
+    """Whether the Triton cell may be used (``HMRNN_TRITON`` is not 0)."""
+    return os.environ.get("HMRNN_TRITON", "1").strip().lower() not in ("0", "false", "no", "off")
+
+
+def triton_kernels() -> ModuleType | None:
+    """The Triton cell (:mod:`hmrnn.core.fused.triton_cell`), or None where Triton does not
+    import or is turned off (logged once)."""
+    global _triton, _triton_tried
+    if not triton_enabled():
+        return None
+    if _triton is not None or _triton_tried:
+        return _triton
+    _triton_tried = True
+    try:
+        from hmrnn.core.fused import triton_cell
+    except ImportError as error:
+        log.warning(
+            "Triton is not available (%s); on the GPU the loop runs torch operations instead "
+            "(slower). Install PyTorch's CUDA build, which brings Triton, or `pip install "
+            "triton`.",
+            error,
+        )
+        return None
+    _triton = triton_cell
+    return _triton
+
+
+def triton_usable(device: torch.device, dtype: torch.dtype, required: bool = False) -> bool:
+    """Whether the Triton cell serves tensors of this device and dtype: CUDA tensors, or with
+    ``required`` (``native = "triton"``) CPU tensors in Triton's interpreter; float32 or float64.
+    ``required`` and not usable is an error, not a fallback."""
+    ok_device = device.type == "cuda" or (required and device.type == "cpu")
+    ok = ok_device and dtype in (torch.float32, torch.float64) and triton_kernels() is not None
+    if ok and device.type == "cpu" and not _triton.interpreted():  # type: ignore[union-attr]
+        ok = False
+    if required and not ok:
+        raise RuntimeError(
+            f"native='triton' cannot run here ({device.type} tensors of {dtype}): the Triton "
+            "cell needs Triton installed and float32/float64 CUDA tensors (or, without a GPU, "
+            "TRITON_INTERPRET=1 set before Triton is first imported in the process); use "
+            "native=True instead"
+        )
+    return ok
 
 
 def main() -> None:

@@ -79,6 +79,10 @@ class StepMatmul:
                     x, add, self._forward_packed, bias, "add"
                 )
             return torch.ops.mkldnn._linear_pointwise(x, self._forward_packed, bias, "none", [], "")
+        if x.dtype != self.wt.dtype:  # mixed precision: the multiply in the weight's dtype
+            x = x.to(self.wt.dtype)
+        if bias is None and add is not None:  # one launch (layer 0: its bias is in add)
+            return torch.addmm(add, x, self.wt)
         out = x @ self.wt if bias is None else torch.addmm(bias, x, self.wt)
         return out if add is None else out.add_(add)
 
@@ -95,7 +99,7 @@ class StepMatmul:
         if self.onednn:
             packed = self._backward_packed
             return torch.ops.mkldnn._linear_pointwise(g, packed, None, "none", [], "")
-        return g @ self.wt.t()
+        return g.to(self.wt.dtype) @ self.wt.t()
 
 
 def gate_order(H: int, G: int, device: torch.device) -> Tensor:
@@ -232,12 +236,18 @@ def module_loop_weights(rnn: HMLSTM | StackedLSTM, device: torch.device) -> Loop
 
 
 def step_matmuls(
-    step_weights: list[Tensor], batch_size: int, pack: bool = True
+    step_weights: list[Tensor],
+    batch_size: int,
+    pack: bool = True,
+    dtype: torch.dtype | None = None,
 ) -> list[list[StepMatmul]]:
     """Per layer the step multiplies: one over the concatenated inputs (a 2-d step weight), or
-    one per projection (layer norm: (n, H, G))."""
+    one per projection (layer norm: (n, H, G)); with ``dtype`` (mixed precision) the weights
+    are cast to it once, here."""
     out = []
     for w in step_weights:
+        if dtype is not None:
+            w = w.to(dtype)
         blocks = w.unbind(0) if w.dim() == 3 else [w]
         out.append([StepMatmul(b, batch_size, pack) for b in blocks])
     return out

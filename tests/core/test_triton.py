@@ -1,0 +1,239 @@
+"""The Triton cell (hmrnn.core.fused.triton_cell), the GPU's fused kernels, against the reference.
+
+Without a GPU the kernels run in Triton's interpreter (numpy, a program at a time; the module
+sets TRITON_INTERPRET=1 where torch sees no CUDA device), so these tests check every kernel on
+the CPU: every boundary variant, with and without layer norm, grad_through_ops both ways, imposed
+boundaries or not, float64 against the reference and float32 against float64. With a GPU they
+run on it. They also count the kernel launches per layer and step, and check that the loop's GPU
+path never waits for the device (no host synchronisation: what CUDA graphs need).
+"""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+
+if not torch.cuda.is_available():  # before Triton's first import, or its library is compiled
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+pytest.importorskip("triton", reason="Triton is not installed (pip install -e '.[test]')")
+
+from hmrnn.core import HMLSTM, HMLSTMState, StackedLSTM, reference_forward
+from hmrnn.core.fused import LoopSpec, native
+from tests.core.test_mixed import assert_as_accurate_as_autocast
+from tests.core.test_mixed import inputs as mixed_inputs
+from tests.core.test_reference import VARIANTS  # boundary, layer_norm, top_boundary, gto
+
+DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+H_IN, H, B, T = 5, 6, 3, 5
+
+
+
+def make(num_layers: int, dtype=torch.float64, **kwargs) -> HMLSTM:
+    torch.manual_seed(0)
+    rnn = HMLSTM(H_IN, H, num_layers, **kwargs).to(DEVICE, dtype)
+    with torch.no_grad():
+        rnn.slope.fill_(1.7)
+        for l in range(num_layers):
+            rnn.param("bias", l).uniform_(-0.5, 0.5)
+    return rnn
+
+
+def inputs(num_layers: int, dtype=torch.float64, steps: int = T):
+    torch.manual_seed(3)
+    x = torch.randn(steps, B, H_IN, dtype=dtype, device=DEVICE)
+    state = HMLSTMState(
+        torch.randn(num_layers, B, H, dtype=dtype, device=DEVICE),
+        torch.randn(num_layers, B, H, dtype=dtype, device=DEVICE),
+        torch.randint(0, 2, (num_layers, B), device=DEVICE).to(dtype),
+    )
+    imposed = torch.randint(0, 2, (steps, B, num_layers), device=DEVICE).to(dtype)
+    return x, state, imposed
+
+
+def outputs_and_grads(fn, rnn, x, state, boundaries, seed: int = 1):
+    """fn's outputs and the gradients of a loss touching every output (same draws each time)."""
+    rnn.zero_grad(set_to_none=True)
+    x = x.detach().requires_grad_()
+    h0, c0 = state.h.detach().requires_grad_(), state.c.detach().requires_grad_()
+    torch.manual_seed(seed)
+    out, last, bounds = fn(rnn, x, HMLSTMState(h0, c0, state.z), boundaries)
+    weights = torch.linspace(-1, 1, out.numel(), dtype=out.dtype, device=out.device)
+    loss = (out * weights.view_as(out)).sum()
+    loss = loss + last.c.pow(2).sum() + last.h.sum() + (bounds * 0.3).sum()
+    loss.backward()
+    grads = [p.grad for p in rnn.parameters()] + [x.grad, h0.grad, c0.grad]
+    return [out.detach(), *(s.detach() for s in last), bounds.detach()], grads
+
+
+def fast(rnn, x, state, boundaries):
+    return rnn(x, state, boundaries) if boundaries is not None else rnn(x, state)
+
+
+def test_the_triton_cell_is_chosen() -> None:
+    spec = LoopSpec.of(make(2), True, DEVICE, torch.float64)
+    assert not spec.triton or DEVICE.type == "cuda"  # True picks Triton on CUDA only
+    rnn = make(2)
+    rnn.native = "triton"
+    spec = LoopSpec.of(rnn, True, DEVICE, torch.float64)
+    assert spec.native and spec.triton and spec.sample_mode == 1 and spec.grad_mode == 1
+    assert not spec.skip_copy, "the GPU path never gathers rows (that would synchronise)"
+
+
+def test_a_wrong_native_setting_is_one_clear_error() -> None:
+    rnn = make(1)
+    rnn.native = "cuda"
+    with pytest.raises(ValueError, match="native must be one of"):
+        rnn(torch.zeros(2, 1, H_IN, dtype=torch.float64, device=DEVICE))
+
+
+@pytest.mark.parametrize(
+    ("boundary", "layer_norm", "top_layer_boundary", "grad_through_ops"), VARIANTS
+)
+def test_every_variant_equals_the_reference(
+    boundary, layer_norm, top_layer_boundary, grad_through_ops
+) -> None:
+    """Three layers (a first, a middle and a top layer), learned and imposed boundaries, float64:
+    every kernel, forward and backward."""
+    rnn = make(
+        3,
+        layer_norm=layer_norm,
+        boundary=boundary,
+        top_layer_boundary=top_layer_boundary,
+        grad_through_ops=grad_through_ops,
+    )
+    rnn.native = "triton"
+    x, state, imposed = inputs(3)
+    for boundaries in (None, imposed):
+        got, got_grads = outputs_and_grads(fast, rnn, x, state, boundaries)
+        want, want_grads = outputs_and_grads(reference_forward, rnn, x, state, boundaries)
+        for a, b in zip(got, want, strict=True):
+            torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-10)
+        for a, b in zip(got_grads, want_grads, strict=True):
+            torch.testing.assert_close(a, b, rtol=1e-8, atol=1e-8)
+
+
+@pytest.mark.parametrize("layer_norm", [False, True])
+def test_one_layer_equals_the_reference(layer_norm) -> None:
+    """A single layer: the first layer is also the top one (no top-down input)."""
+    rnn = make(1, layer_norm=layer_norm, top_layer_boundary=True, grad_through_ops=True)
+    rnn.native = "triton"
+    x, state, _ = inputs(1)
+    got, got_grads = outputs_and_grads(fast, rnn, x, state, None)
+    want, want_grads = outputs_and_grads(reference_forward, rnn, x, state, None)
+    for a, b in zip(got + got_grads, want + want_grads, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-8, atol=1e-8)
+
+
+@pytest.mark.parametrize("layer_norm", [False, True])
+def test_float32_is_as_accurate_as_torch_operations(layer_norm) -> None:
+    """float32 through the Triton cell is as close to float64 as float32 through torch
+    operations (its exp-based tanh and its sums in another order round differently, not
+    worse)."""
+    rnn = make(3, layer_norm=layer_norm, grad_through_ops=True)
+    x, state, _ = inputs(3, steps=8)
+    rnn.native = False
+    truth, truth_grads = outputs_and_grads(fast, rnn, x, state, None)
+    rnn.float()
+    x32 = x.float()
+    state32 = HMLSTMState(*(s.float() for s in state))
+    errors = {}
+    for setting in ("triton", False):
+        rnn.native = setting
+        got, grads = outputs_and_grads(fast, rnn, x32, state32, None)
+        errors[setting] = max(
+            (a.double() - b).abs().max().item()
+            for a, b in zip(got + grads, truth + truth_grads, strict=True)
+        )
+    assert errors["triton"] <= 4 * errors[False] + 1e-6, errors
+
+
+def test_the_ln_lstm_equals_its_autograd_loop() -> None:
+    """The LN-LSTM baseline (every layer updating, nothing gated) through the Triton cell."""
+    torch.manual_seed(0)
+    stack = StackedLSTM(H_IN, H, 2, layer_norm=True).to(DEVICE, torch.float64)
+    x, state, _ = inputs(2)
+    results = []
+    for setting in ("triton", None):
+        stack.native = setting if setting is not None else False
+        stack.fused = setting is not None
+        stack.zero_grad(set_to_none=True)
+        xg = x.detach().requires_grad_()
+        out, last, _ = stack(xg, state)
+        (out.sum() + last.c.pow(2).sum()).backward()
+        grads = [p.grad for p in stack.parameters()]
+        results.append([out.detach(), last.c.detach(), xg.grad, *grads])
+    for a, b in zip(*results, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-10)
+
+
+@pytest.mark.parametrize("layer_norm", [False, True])
+def test_bf16_autocast_through_the_triton_cell(layer_norm) -> None:
+    """Mixed precision: the cell reads bf16 multiplies and keeps float32 state, as accurate as
+    autocast on the autograd path (tests/core/test_mixed.py)."""
+    torch.manual_seed(0)
+    rnn = HMLSTM(5, 16, 3, layer_norm=layer_norm, boundary="soft").to(DEVICE)
+    rnn.native = "triton"
+    assert_as_accurate_as_autocast(rnn, *mixed_inputs(3, device=DEVICE))
+
+
+# -------------------------------------------------------------------- launches and synchronisation
+SYNCS = {"aten::_local_scalar_dense", "aten::nonzero", "aten::is_nonzero", "aten::item"}
+FREE = {"aten::empty", "aten::empty_like", "aten::new_empty", "aten::empty_strided"}
+
+
+class Launches(TorchDispatchMode):
+    """Counts the torch operations that launch work (not views, not allocations) and records
+    those that make the host wait for the device."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.count = 0
+        self.syncs: list[str] = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        name = func._schema.name
+        returns = func._schema.returns
+        view = any(r.alias_info is not None and not r.alias_info.is_write for r in returns)
+        if name in SYNCS:
+            self.syncs.append(name)
+        if not view and name not in FREE:
+            self.count += 1
+        return func(*args, **(kwargs or {}))
+
+
+def per_step(rnn, layers: int, train: bool) -> tuple[float, list[str]]:
+    """Launches (Triton kernels plus torch operations) per layer and step, forward (and backward
+    with ``train``), from the difference between two sequence lengths; and the host syncs."""
+    kernels = native.triton_kernels()
+    assert kernels is not None
+    rnn.slope_value()  # read once from the buffer after it changed (set_slope: never)
+    counts, syncs = [], []
+    for steps in (4, 4, 8):  # the first call fills the weight cache: not counted
+        x, state, _ = inputs(layers, steps=steps)
+        x.requires_grad_(train)
+        rnn.zero_grad(set_to_none=True)  # accumulating into .grad is per call, not per step
+        with torch.set_grad_enabled(train), Launches() as mode:
+            before = kernels.launches
+            out = rnn(x, state)[0]
+            if train:
+                out.backward(torch.ones_like(out))
+        counts.append(mode.count + kernels.launches - before)
+        syncs += mode.syncs
+    return (counts[2] - counts[1]) / (4 * layers), syncs
+
+
+@pytest.mark.parametrize("layer_norm", [False, True])
+def test_launches_per_layer_and_step_and_no_host_sync(layer_norm) -> None:
+    """What runs per layer and step on the GPU path (outside a CUDA graph), forward and
+    training, and that nothing in it waits for the device."""
+    rnn = make(3, layer_norm=layer_norm)
+    rnn.native = "triton"
+    forward, syncs = per_step(rnn, 3, train=False)
+    training, train_syncs = per_step(rnn, 3, train=True)
+    print(f"layer_norm={layer_norm}: {forward} launches per layer-step forward, {training} train")
+    assert not syncs and not train_syncs, syncs + train_syncs
+    assert forward <= (4 if layer_norm else 3)
+    assert training <= (11 if layer_norm else 8)
