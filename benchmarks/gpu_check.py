@@ -10,8 +10,13 @@ timeout that leaves time to rerun). It writes into ``--out``:
   (every estimator x layer norm x grad_through_ops, outputs and every gradient), and the
   LN-LSTM's loop against its autograd loop; the largest differences.
 - ``throughput.md``: ``benchmarks/throughput.py`` on the device (training and evaluation,
-  H = 512 and 1024, batch 64, with layer norm and the LN-LSTM), against cuDNN's nn.LSTM.
+  H = 512 and 1024, batch 64, with layer norm and the LN-LSTM, eager, CUDA graphs and bf16
+  autocast), against cuDNN's nn.LSTM.
 - ``bf16.json``: a training step of the HM-LSTM in float32 and under bf16 autocast.
+- ``graphs.json``: training steps captured into CUDA graphs against eager ones (differences,
+  times, captures).
+- ``copy_skipping.json``: what leaving out COPY rows could save on the device (the step
+  multiply over fewer rows; imposed sparse boundaries against all-updating ones).
 - ``train.log``: ``experiment=ptb`` for a few hundred steps on one device (PTB-char from
   ``--data``).
 
@@ -107,6 +112,88 @@ def bf16_step(device: torch.device, quick: bool) -> dict[str, float]:
     return {name: statistics.median(values) for name, values in times.items()}
 
 
+def graphs_check(device: torch.device, quick: bool) -> dict[str, dict[str, float]]:
+    """Training steps with ``cuda_graphs`` against eager ones, per layer norm setting: the
+    largest differences of the output and of any gradient (after the capture), the median step
+    times (7 interleaved rounds) and the number of captures (CPU: eager both ways, 0)."""
+    from hmrnn.core.fused.graphs import WARMUP
+
+    H, B, T = (16, 4, 10) if quick else (512, 64, 100)
+    found = {}
+    for layer_norm in (False, True):
+        torch.manual_seed(0)
+        rnn = HMLSTM(128, H, 3, layer_norm=layer_norm).to(device)
+        x = torch.randn(T, B, 128, device=device)
+        w = torch.linspace(-1, 1, T * B * 3 * H, device=device).view(T, B, 3, H)
+
+        def step(graphed: bool, rnn=rnn, x=x, w=w):
+            rnn.cuda_graphs = graphed
+            rnn.zero_grad(set_to_none=True)
+            out = rnn(x.detach().requires_grad_())[0]
+            (out * w).sum().backward()
+            return out.detach().clone(), [p.grad.clone() for p in rnn.parameters()]
+
+        eager_out, eager_grads = step(False)
+        for _ in range(WARMUP + 2):
+            out, grads = step(True)
+        times: dict[str, list[float]] = {"eager": [], "graphed": []}
+        for _ in range(7):
+            for name in times:
+                sync(device)
+                start = time.perf_counter()
+                step(name == "graphed")
+                sync(device)
+                times[name].append(time.perf_counter() - start)
+        graphs = rnn.__dict__.get("_cuda_graphs")
+        found[f"layer_norm={layer_norm}"] = {
+            "output": float((out - eager_out).abs().max()),
+            "gradients": max(
+                float((a - b).abs().max()) for a, b in zip(grads, eager_grads, strict=True)
+            ),
+            "eager_s": statistics.median(times["eager"]),
+            "graphed_s": statistics.median(times["graphed"]),
+            "captures": graphs.captures if graphs is not None else 0,
+        }
+    return found
+
+
+def copy_skipping(device: torch.device, quick: bool) -> dict[str, float]:
+    """What leaving out COPY rows could save on this device (issue 17's question): the median
+    time of a layer's step multiply over all B rows against over B/5 and B/20 rows (the paper's
+    20 % and 5 % update rates, after compacting the working rows), and of a training step with
+    imposed 100/20/5 % boundaries against all layers updating (the loop's masked cells do the
+    same work for both)."""
+    H, B, T = (16, 20, 10) if quick else (512, 64, 100)
+    found = {}
+    x = torch.randn(B, 3 * H, device=device)
+    w = torch.randn(3 * H, 4 * H + 1, device=device)
+    for rows in (B, B // 5, B // 20):
+        xs = x[: max(rows, 1)].contiguous()
+        sync(device)
+        start = time.perf_counter()
+        for _ in range(200):
+            xs @ w
+        sync(device)
+        found[f"multiply_{max(rows, 1)}_rows_us"] = (time.perf_counter() - start) / 200 * 1e6
+    torch.manual_seed(0)
+    rnn = HMLSTM(128, H, 3).to(device)
+    inp = torch.randn(T, B, 128, device=device)
+    sparse = torch.rand(T, B, 3, device=device) < torch.tensor([0.2, 0.05, 0.0], device=device)
+    dense = torch.ones(T, B, 3, device=device)
+    dense[..., 2] = 0
+    times: dict[str, list[float]] = {"all_update": [], "imposed_100_20_5": []}
+    for _ in range(6):
+        for name, bounds in (("all_update", dense), ("imposed_100_20_5", sparse.float())):
+            sync(device)
+            start = time.perf_counter()
+            rnn(inp.detach().requires_grad_(), None, bounds)[0].sum().backward()
+            sync(device)
+            times[name].append(time.perf_counter() - start)
+    for name, values in times.items():
+        found[f"train_step_{name}_s"] = statistics.median(values[1:])
+    return found
+
+
 def sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize()
@@ -149,7 +236,8 @@ def main() -> None:
     sizes = ["--hidden", "32", "--batch", "4", "--length", "10"] if args.quick else [
         "--hidden", "512", "1024", "--batch", "64"]  # fmt: skip
     bench = [sys.executable, "benchmarks/throughput.py", *sizes, "--mode", "train", "eval",
-             "--layer-norm", "--device", args.device, "--repeats", "2" if args.quick else "7",
+             "--layer-norm", "--cuda-graphs", "--bf16", "--device", args.device,
+             "--repeats", "2" if args.quick else "7",
              "--warmup", "1", "--markdown", str((out / "throughput.md").resolve())]  # fmt: skip
     status = run(bench, out / "throughput.log", timeout=120 if args.quick else 300)
     print(f"throughput: exit {status}, table in {out / 'throughput.md'}")
@@ -157,6 +245,14 @@ def main() -> None:
     timing = bf16_step(device, args.quick)
     (out / "bf16.json").write_text(json.dumps({**about, "median_seconds": timing}, indent=1))
     print(f"bf16: {timing}")
+
+    graphed = graphs_check(device, args.quick)
+    (out / "graphs.json").write_text(json.dumps({**about, "graphs": graphed}, indent=1))
+    print(f"CUDA graphs: {graphed}")
+
+    skipping = copy_skipping(device, args.quick)
+    (out / "copy_skipping.json").write_text(json.dumps({**about, **skipping}, indent=1))
+    print(f"COPY skipping: {skipping}")
 
     data = Path(args.data) if args.data else next(
         (p for p in (ROOT / "shared/data/ptb-char", ROOT.parent / "shared/data/ptb-char")

@@ -14,7 +14,9 @@ the boundaries: each layer l < K fires on a fraction ``rates[l+1]`` of the steps
 a layer fires only where the one below does), which makes layer l+1 active on about that
 fraction; without it the detectors decide.
 ``--autograd`` adds the HM-LSTM built from autograd operations (``HMLSTM.fused = False``) to
-show what the hand-written loop gains; ``--torch-ops`` the loop without its C++ cell
+show what the hand-written loop gains; ``--cuda-graphs`` the loop captured into CUDA graphs
+(``cuda_graphs = True``: training on CUDA; elsewhere it runs eagerly); ``--bf16`` every model
+(nn.LSTM too) under bf16 autocast; ``--torch-ops`` the loop without its C++ cell
 (``HMLSTM.native = False``, what runs where there is no compiler); ``--layer-norm`` the HM-LSTM
 with layer norm (``layer_norm``) and the paper's LN-LSTM baseline (``ln_lstm``, StackedLSTM
 with layer norm), each also in the variants those two flags ask for.
@@ -129,11 +131,20 @@ def build(names, H: int, B: int, spec: dict, device: torch.device):
             models[name] = HMLSTM(H_in, H, K, layer_norm=base == "layer_norm")
         models[name].fused = variant != "autograd"
         models[name].native = variant != "torch_ops"
+        models[name].cuda_graphs = variant == "graphs"
         models[name].to(device)
     return models, x, bounds
 
 
 def make_runner(name: str, model: nn.Module, x: torch.Tensor, bounds: torch.Tensor | None):
+    if name.endswith(":bf16"):  # under bf16 autocast (the loop: multiplies in bf16)
+        run = make_runner(name.removesuffix(":bf16"), model, x, bounds)
+
+        def cast() -> torch.Tensor:
+            with torch.autocast(x.device.type, torch.bfloat16):
+                return run()
+
+        return cast
     if name == "reference":
         return lambda: reference_forward(model, x, None, bounds)[0]  # type: ignore[arg-type]
     if name == "nn.LSTM" or name.startswith("ln_lstm"):
@@ -142,10 +153,17 @@ def make_runner(name: str, model: nn.Module, x: torch.Tensor, bounds: torch.Tens
 
 
 def model_names(args: argparse.Namespace) -> list[str]:
-    """The models to time: a base name, and ``base:torch_ops`` / ``base:autograd`` variants
-    (``autograd`` alone for the HM-LSTM's, as in earlier tables)."""
-    variants = [v for v, on in (("torch_ops", args.torch_ops), ("autograd", args.autograd)) if on]
-    names = ["nn.LSTM"]
+    """The models to time: a base name, and ``base:torch_ops`` / ``base:autograd`` /
+    ``base:graphs`` / ``base:bf16`` variants (``autograd`` alone for the HM-LSTM's, as in
+    earlier tables; ``nn.LSTM:bf16`` with ``--bf16``)."""
+    flags = (
+        ("torch_ops", args.torch_ops),
+        ("autograd", args.autograd),
+        ("graphs", args.cuda_graphs),
+        ("bf16", args.bf16),
+    )
+    variants = [v for v, on in flags if on]
+    names = ["nn.LSTM"] + (["nn.LSTM:bf16"] if args.bf16 else [])
     for base in ["hmlstm"] + (["layer_norm", "ln_lstm"] if args.layer_norm else []):
         names += [base, *(f"{base}:{v}" for v in variants)]
     if args.reference:
@@ -259,6 +277,14 @@ def main() -> None:
         help="also time the HM-LSTM with layer norm and the LN-LSTM baseline",
     )
     parser.add_argument(
+        "--cuda-graphs",
+        action="store_true",
+        help="also time the loop captured into CUDA graphs (cuda_graphs = True; CUDA training)",
+    )
+    parser.add_argument(
+        "--bf16", action="store_true", help="also time every model under bf16 autocast"
+    )
+    parser.add_argument(
         "--memory", action="store_true", help="measure each training step's peak memory (CPU)"
     )
     parser.add_argument(
@@ -275,6 +301,10 @@ def main() -> None:
         return
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.cuda_graphs:  # the graphs are captured after their warm-up calls
+        from hmrnn.core.fused.graphs import WARMUP
+
+        args.warmup = max(args.warmup, WARMUP + 2)
     if args.rates and len(args.rates) != args.layers:
         parser.error(f"--rates needs {args.layers} values (one per layer), got {args.rates}")
     device = torch.device(args.device)

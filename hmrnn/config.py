@@ -161,7 +161,11 @@ class TrainerConfig:
     """DDP: seconds a rank waits for the others at a collective before the job fails (a rank
     that hangs ends the job in bounded time; one that crashes ends it at once)."""
     precision: str = "32-true"
-    """Lightning precision, e.g. ``32-true`` or ``bf16-mixed``."""
+    """Lightning precision, e.g. ``32-true`` or ``bf16-mixed`` (the loop then multiplies in
+    bf16 and keeps its state and gradients in float32)."""
+    cuda_graphs: bool = False
+    """On a GPU, capture each training segment's forward and backward of the recurrent core
+    into CUDA graphs and replay them (hmrnn.core.fused.graphs); ignored on CPU."""
     val_check_interval: Any = 1.0
     """Validate every this many training batches (int) or fraction of an epoch (float)."""
     limit_val_batches: Any = 1.0

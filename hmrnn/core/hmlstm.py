@@ -36,6 +36,7 @@ from hmrnn.core.autograd_step import autograd_forward
 from hmrnn.core.autograd_step import layer_norm as layer_norm  # re-exported
 from hmrnn.core.boundary import BoundaryEstimator
 from hmrnn.core.fused import WeightCache, fused_forward
+from hmrnn.core.fused.graphs import graphed_call
 from hmrnn.registry import ESTIMATORS
 
 
@@ -89,7 +90,9 @@ class HMLSTM(nn.Module):
     Triton on CUDA (:mod:`hmrnn.core.fused.triton_cell`); False runs torch operations, "cpp" or
     "triton" names one (Triton on CPU runs in its interpreter: tests only);
     ``skip_copy`` (default True) lets it skip the work of COPY rows (CPU, evaluation, and
-    training with imposed boundaries). They change results only by rounding.
+    training with imposed boundaries); ``cuda_graphs`` (default False) captures training passes
+    on a GPU into CUDA graphs and replays them (:mod:`hmrnn.core.fused.graphs`). They change
+    results only by rounding.
     ``fused_weights`` keeps that loop's weights, reordered and packed, between passes without
     autograd (:class:`hmrnn.core.fused.WeightCache`).
 
@@ -132,6 +135,7 @@ class HMLSTM(nn.Module):
         # and there skip the work of COPY rows: in evaluation, and in training with imposed
         # boundaries (layers with large weights only; hmrnn.core.fused.Loop.sparse_allowed)
         self.skip_copy = True
+        self.cuda_graphs = False  # capture training passes into CUDA graphs (fused.graphs)
         self.fused_weights = WeightCache()  # that loop's weights, for passes without autograd
         self.register_buffer("slope", torch.tensor(1.0))
         self._slope_seen: tuple[Tensor, int, float] | None = None  # slope_value()'s copy
@@ -272,6 +276,12 @@ class HMLSTM(nn.Module):
         boundaries: Tensor | None = None,
     ) -> tuple[Tensor, HMLSTMState, Tensor]:
         self.check_inputs(input, state, boundaries)
+        if self.cuda_graphs:  # captured and replayed where it can be (CUDA, training)
+            B = input.size(0 if self.batch_first else 1)
+            full = self.zero_state(B, input) if state is None else HMLSTMState(*state[:3])
+            replayed = graphed_call(self, input, full, boundaries)
+            if replayed is not None:
+                return replayed
         if self.batch_first:
             input = input.transpose(0, 1)
             boundaries = None if boundaries is None else boundaries.transpose(0, 1)

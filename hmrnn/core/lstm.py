@@ -14,6 +14,7 @@ import torch
 from torch import Tensor, nn
 
 from hmrnn.core.fused import WeightCache, lstm_forward
+from hmrnn.core.fused.graphs import graphed_call
 from hmrnn.core.hmlstm import HMLSTMState, layer_norm
 
 
@@ -28,7 +29,8 @@ class StackedLSTM(nn.Module):
 
     Attributes (plain, not saved), with layer norm: ``fused`` (default True) runs the
     hand-written loop, ``native`` (default True) with its per-step work in the fused cell
-    (C++ on CPU, Triton on CUDA; False torch operations, or "cpp" / "triton" by name);
+    (C++ on CPU, Triton on CUDA; False torch operations, or "cpp" / "triton" by name),
+    ``cuda_graphs`` (default False) captured into CUDA graphs in training on a GPU;
     ``fused_weights`` keeps its weights between passes without autograd.
     """
 
@@ -48,6 +50,7 @@ class StackedLSTM(nn.Module):
         self.layer_norm, self.batch_first = layer_norm, batch_first
         self.fused = True
         self.native = True
+        self.cuda_graphs = False
         self.fused_weights = WeightCache()
         sizes = [input_size] + [hidden_size] * (num_layers - 1)
         self.layers = nn.ModuleList(nn.LSTM(n, hidden_size) for n in sizes)
@@ -72,13 +75,18 @@ class StackedLSTM(nn.Module):
             raise ValueError(
                 f"input must have shape (T, B, {self.input_size}), got {tuple(input.shape)}"
             )
+        K, H = self.num_layers, self.hidden_size
+        if state is None:
+            B = input.size(0 if self.batch_first else 1)
+            h0 = input.new_zeros(K, B, H)
+            state = HMLSTMState(h0, torch.zeros_like(h0), input.new_zeros(K, B))
+        if self.cuda_graphs and self.layer_norm and self.fused:  # (fused.graphs)
+            replayed = graphed_call(self, input, HMLSTMState(*state[:3]), None)
+            if replayed is not None:
+                return replayed
         if self.batch_first:
             input = input.transpose(0, 1)
         T, B, _ = input.shape
-        K, H = self.num_layers, self.hidden_size
-        if state is None:
-            h0 = input.new_zeros(K, B, H)
-            state = HMLSTMState(h0, torch.zeros_like(h0), input.new_zeros(K, B))
         if self.layer_norm and self.fused:
             output, h_n, c_n, _, _ = lstm_forward(self, input, HMLSTMState(*state[:3]))
             new_state = HMLSTMState(h_n, c_n, input.new_zeros(K, B))

@@ -174,6 +174,14 @@ def lit_class(config: Config) -> type[LitCharLM] | type[LitHandwriting]:
 
 def build_module(config: Config, dm: DataSetModule) -> LitBase:
     """The LightningModule of a run, its network sized and wired for the data set ``dm``."""
+    module = _build_module(config, dm)
+    for part in module.modules():  # the recurrent cores that can run as CUDA graphs
+        if hasattr(part, "cuda_graphs"):
+            part.cuda_graphs = config.trainer.cuda_graphs
+    return module
+
+
+def _build_module(config: Config, dm: DataSetModule) -> LitBase:
     if lit_class(config) is LitHandwriting:
         mean, std = [float(v) for v in dm.mean], [float(v) for v in dm.std]
         return LitHandwriting(dataclasses.asdict(config), mean, std)

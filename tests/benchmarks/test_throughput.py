@@ -59,6 +59,10 @@ def test_the_prepared_gpu_check_runs_on_the_cpu(tmp_path: Path) -> None:
         "float32",
         "bf16_autocast",
     }
+    graphed = json.loads((tmp_path / "graphs.json").read_text())["graphs"]
+    assert all(g["output"] == 0 and g["gradients"] == 0 for g in graphed.values()), graphed
+    skipping = json.loads((tmp_path / "copy_skipping.json").read_text())
+    assert "multiply_4_rows_us" in skipping and "train_step_imposed_100_20_5_s" in skipping
     if data.is_dir():
         assert (
             "exit 0" in done.stdout.splitlines()[-1]

@@ -30,7 +30,6 @@ DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 H_IN, H, B, T = 5, 6, 3, 5
 
 
-
 def make(num_layers: int, dtype=torch.float64, **kwargs) -> HMLSTM:
     torch.manual_seed(0)
     rnn = HMLSTM(H_IN, H, num_layers, **kwargs).to(DEVICE, dtype)

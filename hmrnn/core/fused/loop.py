@@ -15,7 +15,7 @@ from torch import Tensor
 
 from hmrnn.core.fused import ops
 from hmrnn.core.fused.cell import LoopSpec, NormC, block_inputs, masks
-from hmrnn.core.fused.pool import POOL
+from hmrnn.core.fused.pool import POOL, capturing
 from hmrnn.core.fused.skipping import (
     SPARSE_BELOW,
     SPARSE_MIN_WEIGHT,
@@ -115,7 +115,8 @@ class Loop(SkippingCells):
             self.stats = [new(steps, B, len(ms) + 2) for ms in self.matmuls]
             self.normed_t = [list(zip(*(b.unbind(0) for b in n), strict=True)) for n in self.normed]
             self.stats_t = [st.unbind(0) for st in self.stats]
-        weakref.finalize(self, POOL.give, taken)
+        if not capturing(like):  # a CUDA graph's buffers stay its own (fused.graphs)
+            weakref.finalize(self, POOL.give, taken)
 
     def _z_at(self, t: int, l: int) -> Tensor | None:
         """Where the cell may write z_t^l (B, 1): its place in ``bounds``, unless imposed."""

@@ -10,6 +10,7 @@ A loop returns its buffers when it is garbage-collected (after its backward, whe
 go of the graph), so a buffer is never handed out twice while in use. At most
 :data:`KEEP_BYTES` of free buffers are kept, the shapes used least recently given up first
 (validation's shapes do not crowd out training's); ``HMRNN_BUFFER_POOL=0`` turns the pool off.
+While a CUDA graph is captured the pool is bypassed (a graph's buffers are its own).
 """
 
 from __future__ import annotations
@@ -44,6 +45,8 @@ class BufferPool:
         """A tensor of ``shape`` with ``like``'s dtype and device: a free one if there is one
         (its contents are stale unless ``zero``), else new."""
         key = (tuple(shape), like.dtype, like.device, torch.is_inference_mode_enabled())
+        if capturing(like):  # a CUDA graph's buffers are its own: never from or to the pool
+            return like.new_zeros(shape) if zero else like.new_empty(shape)
         with self._lock:
             free = self._free.get(key)
             out = free.pop() if free else None
@@ -56,7 +59,7 @@ class BufferPool:
 
     def give(self, tensors: list[Tensor]) -> None:
         """Returns ``tensors`` (no longer used by anyone) to the pool."""
-        if not self.enabled:
+        if not self.enabled or any(capturing(x) for x in tensors[:1]):
             return
         with self._lock:
             for x in tensors:
@@ -82,6 +85,11 @@ class BufferPool:
     @property
     def kept_bytes(self) -> int:
         return self._bytes
+
+
+def capturing(like: Tensor) -> bool:
+    """Whether a CUDA graph is being captured on the current stream (``like`` a CUDA tensor)."""
+    return like.is_cuda and torch.cuda.is_current_streamcapturing()
 
 
 def _nbytes(x: Tensor) -> int:
