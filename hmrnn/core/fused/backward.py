@@ -62,6 +62,7 @@ class Backward:
         self.g_z: list[Tensor] = []  # per layer (B, 1)
         self.pooled: list[Tensor] = []  # returned to the pool at the end of run()
         self.chunk = C = chunk_steps(loop)
+        self.stacked: dict[int, Tensor] = {}  # per layer, with layer norm on the GPU
         # sums over the chunks; the step weights' as their transposes, (G, N) or (n, G, H)
         self.grad_w: list[Tensor | None] = [None] * self.spec.K
         self.grad_b: list[Tensor | None] = [None] * self.spec.K
@@ -205,20 +206,28 @@ class Backward:
         acts = loop.gates_t[l][t] if kept else self.acts[l]
         add, into = (None, None) if kept else (loop.biases[l], acts)
         again = (normed, loop.gains[l], gates, add, into)  # recomputed first
-        self.g_c[l], carry, g_zin, g_flush = ops.cell_backward(
-            spec, acts, tc, c_prev, h_prev, flush, z_in, g_hl, self.g_c[l], ds, norm,
-            loop.bounds_t[t][l], g_zl, g_h2, again,
-        )  # fmt: skip
         g_P = self.g_proj_t[l][t % self.chunk]
-        g_gates = ops.preact_backward(
-            spec, ds, normed, stats, loop.gains[l], gates, self.g_gains[l],
-            list(g_P), self.g_bias[l] if l > 0 else None,
+        (self.g_c[l], carry, g_zin, g_flush), g_gates = ops.normed_cell_backward(
+            spec, acts, tc, c_prev, h_prev, flush, z_in, g_hl, self.g_c[l], ds, norm,
+            loop.bounds_t[t][l], g_zl, g_h2, again, stats, self.g_gains[l], list(g_P),
+            self.g_bias[l] if l > 0 else None,
         )  # fmt: skip
-        gx = [mm.backward(dP) for mm, dP in zip(loop.matmuls[l], g_P, strict=True)]
+        if spec.triton:  # the projections' input gradients in one batched multiply
+            W = self._stacked(l)
+            gx = list(torch.bmm(self.g_proj[l][:, t % self.chunk].to(W.dtype), W).unbind(0))
+        else:
+            gx = [mm.backward(dP) for mm, dP in zip(loop.matmuls[l], g_P, strict=True)]
         ops.scatter(
             spec, l, gx, carry, self.g_h, self.g_z, above, below, z_prev, z_in, g_zin, g_flush,
             g_gates,
         )  # fmt: skip
+
+    def _stacked(self, l: int) -> Tensor:
+        """Layer l's projection weights transposed and stacked, (n, G, H): d loss / d P of a
+        step (n, B, G) times it is the inputs' gradients (n, B, H), in one launch."""
+        if l not in self.stacked:
+            self.stacked[l] = torch.stack([mm.wt.t() for mm in self.loop.matmuls[l]])
+        return self.stacked[l]
 
     def _normed_weight_grads(self, start: int, stop: int) -> None:
         """With layer norm: d loss / d step weight (n, H, G) of steps ``start..stop-1`` added to

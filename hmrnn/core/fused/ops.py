@@ -164,20 +164,77 @@ def cell_backward(
         spec.grad_mode, spec.slope, g_z, *n,
     )  # fmt: skip
     if spec.triton:
-        if again is not None:
-            assert norm is not None
-            xhat, gains, gates_k, add, acts = again
-            add = None if add is None or acts is None else add.expand_as(acts)
-            again = (xhat, gains, gates_k, add, acts)
-        bias = None if norm is None else norm.bias
-        grads = _fused(spec).cell_backward(
-            *args, g_h2=g_h2, recompute=again, norm_bias=bias, slope_tensor=spec.slope_tensor
-        )
+        grads = _triton_cell_backward(spec, args, norm, g_h2, again, None)
     else:
         grads = _fused(spec).cell_backward(*args)
     if detector and spec.grad_mode == 0:
         cell.boundary_backward(spec, gates, z, g_z, ds)
     return grads
+
+
+def _triton_cell_backward(
+    spec: LoopSpec,
+    args: tuple,
+    norm: NormC | None,
+    g_h2: Tensor | None,
+    again: Recompute | None,
+    preact: tuple | None,
+) -> CellGrads:
+    """The Triton cell's backward with the C++ cell's arguments ``args`` and its extras."""
+    if again is not None:
+        assert norm is not None
+        xhat, gains, gates_k, add, acts = again
+        add = None if add is None or acts is None else add.expand_as(acts)
+        again = (xhat, gains, gates_k, add, acts)
+    bias = None if norm is None else norm.bias
+    return _fused(spec).cell_backward(
+        *args, g_h2=g_h2, recompute=again, norm_bias=bias, slope_tensor=spec.slope_tensor,
+        preact=preact,
+    )  # fmt: skip
+
+
+def normed_cell_backward(
+    spec: LoopSpec,
+    gates: Tensor,
+    tc: Tensor,
+    c_prev: Tensor,
+    h_prev: Tensor,
+    flush: Tensor | None,
+    z_in: Tensor | None,
+    g_h: Tensor,
+    g_c: Tensor,
+    ds: Tensor,
+    norm: NormC,
+    z: Tensor | None,
+    g_z: Tensor | None,
+    g_h2: Tensor | None,
+    again: Recompute,
+    stats: Tensor,
+    g_gains: Tensor,
+    g_P: list[Tensor],
+    g_bias: Tensor | None,
+) -> tuple[CellGrads, list[Tensor | None]]:
+    """With layer norm, :func:`cell_backward` (recomputing ``again`` first) and then
+    :func:`preact_backward` (``xhat``, ``gains`` and ``gates`` from ``again``); returns the
+    cell's gradients and d loss / d gate_k. The Triton cell does both in two launches (the rows,
+    then the sums over rows), where the z column of ``ds`` is its own to write."""
+    xhat, gains, gates_k = again[0], again[1], again[2]
+    own_z = gates.size(1) == 4 * spec.H or spec.grad_mode != 0
+    if not (spec.triton and own_z):
+        grads = cell_backward(
+            spec, gates, tc, c_prev, h_prev, flush, z_in, g_h, g_c, ds, norm, z, g_z, g_h2,
+            again,
+        )  # fmt: skip
+        g_gates = preact_backward(spec, ds, xhat, stats, gains, gates_k, g_gains, g_P, g_bias)
+        return grads, g_gates
+    n = (norm.gain, norm.stats, norm.c, norm.g_gain, norm.g_bias)
+    args = (
+        gates, tc, c_prev, h_prev, flush, z_in, g_h, g_c, ds, spec.grad_through_ops,
+        spec.grad_mode, spec.slope, g_z, *n,
+    )  # fmt: skip
+    g_gates: list[Tensor | None] = []
+    preact = (stats, g_gains, g_P, g_bias, g_gates)
+    return _triton_cell_backward(spec, args, norm, g_h2, again, preact), g_gates
 
 
 def preact_backward(

@@ -492,11 +492,12 @@ def _cell_backward_kernel(
     DS, sds, GCP, sgcp, CA, sca, GZI, sgzi, GFL, sgfl, GZ, sgz, GN, STC, sstc, CN, scn, BC,
     slope, SLOPE, H, G, AD, sad, GNS, AC, sac,
     X0, sx0, T0, st0, X1, sx1, T1, st1, X2, sx2, T2, st2,
+    ST, sst, P0, sp0, Q0, sq0, P1, sp1, Q1, sq1, P2, sp2, Q2, sq2,
     FIRST: tl.constexpr, HAS_FL: tl.constexpr, GTO: tl.constexpr, GRAD: tl.constexpr,
     DET: tl.constexpr, HAS_GZ: tl.constexpr, NORM: tl.constexpr, DT: tl.constexpr,
     BLOCK: tl.constexpr, HAS_GH2: tl.constexpr, RECOMP: tl.constexpr, N: tl.constexpr,
     HT0: tl.constexpr, HT1: tl.constexpr, HT2: tl.constexpr, ACTS: tl.constexpr,
-    BLOCK_G: tl.constexpr, SLOPE_PTR: tl.constexpr,
+    BLOCK_G: tl.constexpr, SLOPE_PTR: tl.constexpr, PB: tl.constexpr,
 ):  # fmt: skip
     r = tl.program_id(0)
     if SLOPE_PTR:
@@ -583,16 +584,30 @@ def _cell_backward_kernel(
                 inside = (y >= 0.0) & (y <= 1.0)
             v = tl.where(inside, tl.load(GZ + r * sgz).to(DT) * (slope * 0.5), 0.0)
         tl.store(drow + 4 * H, v)
+    if PB:  # layer norm: back through the projections' normalisation, from the row's d s
+        tl.debug_barrier()
+        jg = tl.arange(0, BLOCK_G)
+        mg = jg < G
+        d = tl.load(drow + jg, mask=mg, other=0.0).to(DT)
+        _preact_backward_row(
+            d, X0, sx0, GNS, T0, st0, P0, sp0, Q0, sq0, ST, sst, r, 0, jg, mg, G, HT0, DT
+        )
+        if N > 1:
+            _preact_backward_row(
+                d, X1, sx1, GNS, T1, st1, P1, sp1, Q1, sq1, ST, sst, r, 1, jg, mg, G, HT1, DT
+            )
+        if N > 2:
+            _preact_backward_row(
+                d, X2, sx2, GNS, T2, st2, P2, sp2, Q2, sq2, ST, sst, r, 2, jg, mg, G, HT2, DT
+            )
 
 
 @triton.jit
-def _norm_c_grads_kernel(
-    GA, sga, TC, stc, FL, sfl, ZI, szi, GH, sgh, GH2, sgh2, STC, sstc, CN, scn, GG, GB, M, H,
+def _norm_c_columns(
+    j, GA, sga, TC, stc, FL, sfl, ZI, szi, GH, sgh, GH2, sgh2, STC, sstc, CN, scn, GG, GB, M, H,
     FIRST: tl.constexpr, HAS_FL: tl.constexpr, HAS_GH2: tl.constexpr, DT: tl.constexpr,
-    BLOCK: tl.constexpr,
 ):  # fmt: skip
-    """The gradients of c's gain and bias: sums over rows, one program per block of columns."""
-    j = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    """The gradients of c's gain and bias at columns ``j``: sums over the rows, in order."""
     m = j < H
     gg = tl.load(GG + j, mask=m, other=0.0).to(DT)
     gb = tl.load(GB + j, mask=m, other=0.0).to(DT)
@@ -615,6 +630,32 @@ def _norm_c_grads_kernel(
         gb += dy
     tl.store(GG + j, gg, mask=m)
     tl.store(GB + j, gb, mask=m)
+
+
+@triton.jit
+def _ln_columns_kernel(
+    GA, sga, TC, stc, FL, sfl, ZI, szi, GH, sgh, GH2, sgh2, STC, sstc, CN, scn, GG, GB, M, H,
+    D, sd, GGN, GBS, G, X0, sx0, T0, st0, X1, sx1, T1, st1, X2, sx2, T2, st2, NC,
+    FIRST: tl.constexpr, HAS_FL: tl.constexpr, HAS_GH2: tl.constexpr, DT: tl.constexpr,
+    GAINS: tl.constexpr, N: tl.constexpr, HT0: tl.constexpr, HT1: tl.constexpr,
+    HT2: tl.constexpr, HAS_GB: tl.constexpr, BLOCK: tl.constexpr,
+):  # fmt: skip
+    """A layer-norm step's sums over rows, one program per block of columns: the first ``NC``
+    programs c's gain and bias, the others (with ``GAINS``) the projections' gains and the
+    bias of s."""
+    pid = tl.program_id(0)
+    if pid < NC:
+        _norm_c_columns(
+            pid * BLOCK + tl.arange(0, BLOCK), GA, sga, TC, stc, FL, sfl, ZI, szi, GH, sgh, GH2,
+            sgh2, STC, sstc, CN, scn, GG, GB, M, H, FIRST, HAS_FL, HAS_GH2, DT,
+        )  # fmt: skip
+    if GAINS:  # noqa: SIM102 (a compile-time branch around a run-time one)
+        if pid >= NC:
+            _gain_columns(
+                (pid - NC) * BLOCK + tl.arange(0, BLOCK), D, sd, GGN, GBS, M, G,
+                X0, sx0, T0, st0, X1, sx1, T1, st1, X2, sx2, T2, st2,
+                N, HT0, HT1, HT2, HAS_GB, DT,
+            )  # fmt: skip
 
 
 COLUMNS = 64
@@ -644,6 +685,7 @@ def cell_backward(
     recompute: tuple | None = None,
     norm_bias: Tensor | None = None,
     slope_tensor: Tensor | None = None,
+    preact: tuple | None = None,
 ) -> tuple[Tensor, Tensor | None, Tensor | None, Tensor | None]:
     """The gate columns of ``ds`` (and with ``grad`` 1 or 2 its z column); returns d c_{t-1},
     the COPY rows' d h_{t-1} (``carry``), d z_in and d flush (:func:`hmrnn.core.fused.cell.
@@ -653,7 +695,10 @@ def cell_backward(
     added here rather than in a launch of its own); ``recompute`` (with ``norm_bias``) the
     arguments ``xhat, gains, gates, add, acts`` of :func:`recompute`, done first in the same
     launch (``gates`` is then where ``acts`` go, or the kept gates); ``slope_tensor`` the slope
-    read on the device (instead of ``slope``: CUDA graphs replay the current value)."""
+    read on the device (instead of ``slope``: CUDA graphs replay the current value);
+    ``preact`` (with ``recompute``) the arguments ``stats, g_gains, g_P, g_bias, g_gates`` of
+    :func:`preact_backward` (``g_gates`` the list it fills), done after it: the row work in the
+    same launch, the sums over rows in the one launch that also sums c's gradients."""
     M, H = c_prev.shape
     first = z_in is None
     g_c_prev = torch.empty_like(c_prev)
@@ -673,11 +718,23 @@ def cell_backward(
     if recompute is not None:
         assert norm and norm_c is not None and norm_bias is not None
         head, flat, meta = _recompute_args(*recompute, c=norm_c)
+        G = gates.size(1)
+        meta["BLOCK_G"] = _block(G)
     else:
         head, flat = [gates, 0, gates, gates, 0], [gates, 0] * 6
         meta = {"N": 1, "HT0": False, "HT1": False, "HT2": False, "ACTS": False, "BLOCK_G": 16}
+    pb_args: list = [gates, 0, *([gates, 0] * 6)]
+    if preact is not None:
+        assert recompute is not None
+        stats, _, g_P, _, g_gates = preact
+        gates_k = recompute[2]
+        head[2] = recompute[1]  # the gains (the recomputation reads them only for the gates)
+        g_gates[:] = [ds.new_empty(M, 1) if t is not None else None for t in gates_k]
+        ps, qs = _blocks(list(g_P), gates), _blocks(g_gates, gates)
+        pb_args = [stats, stats.stride(0), *(v for k in range(3) for v in (*ps[k], *qs[k]))]
     dt = _DTYPES[c_prev.dtype]
     B = _block(H)
+    wide = meta["ACTS"] or preact is not None
     _launch(
         _cell_backward_kernel, M, gates, gates.stride(0), tc, tc.stride(0), c_prev,
         c_prev.stride(0), h_prev, h_prev.stride(0), fl, sfl, zi, szi, g_h, g_h.stride(0), gh2,
@@ -685,19 +742,39 @@ def cell_backward(
         sgzi, gfl, sgfl, gz, sgz, norm_gain if norm else gates, stc_t, sstc, cn, scn,
         gates if norm_bias is None else norm_bias, float(slope),
         gates if slope_tensor is None else slope_tensor, H, gates.size(1), *head,
-        *flat, FIRST=first, HAS_FL=flush is not None, GTO=grad_through_ops, GRAD=grad,
-        DET=gates.size(1) > 4 * H, HAS_GZ=g_z is not None, NORM=norm, DT=dt, BLOCK=B,
-        HAS_GH2=g_h2 is not None, RECOMP=recompute is not None, **meta,
-        SLOPE_PTR=slope_tensor is not None,
-        num_warps=_warps(meta["BLOCK_G"] if meta["ACTS"] else B),
+        *flat, *pb_args[:2], *pb_args[2:], FIRST=first, HAS_FL=flush is not None,
+        GTO=grad_through_ops, GRAD=grad, DET=gates.size(1) > 4 * H, HAS_GZ=g_z is not None,
+        NORM=norm, DT=dt, BLOCK=B, HAS_GH2=g_h2 is not None, RECOMP=recompute is not None,
+        **meta, SLOPE_PTR=slope_tensor is not None, PB=preact is not None,
+        num_warps=_warps(meta["BLOCK_G"] if wide else B),
     )  # fmt: skip
-    if norm:
+    if norm and M > 0:
         assert norm_g_gain is not None and norm_g_bias is not None
+        NC = triton.cdiv(H, COLUMNS)
+        gains_args: list = [ds, 0, gates, gates, 0, *([gates, 0] * 6)]
+        gains_meta = {"N": 1, "HT0": False, "HT1": False, "HT2": False, "HAS_GB": False}
+        programs = NC
+        if preact is not None:
+            assert recompute is not None
+            _, g_gains, _, g_bias, _ = preact
+            xs, ts = _blocks(list(recompute[0]), ds), _blocks(list(recompute[2]), ds)
+            G = ds.size(1)
+            gains_args = [
+                ds, ds.stride(0), g_gains, ds if g_bias is None else g_bias, G,
+                *(v for k in range(3) for v in (*xs[k], *ts[k])),
+            ]  # fmt: skip
+            has = [meta["HT0"], meta["HT1"], meta["HT2"]]
+            gains_meta = {
+                "N": meta["N"], "HT0": has[0], "HT1": has[1], "HT2": has[2],
+                "HAS_GB": g_bias is not None,
+            }  # fmt: skip
+            programs = NC + triton.cdiv(G, COLUMNS)
         _launch(
-            _norm_c_grads_kernel, triton.cdiv(H, COLUMNS) if M else 0, gates, gates.stride(0),
-            tc, tc.stride(0), fl, sfl, zi, szi, g_h, g_h.stride(0), gh2, sgh2, stc_t, sstc, cn,
-            scn, norm_g_gain, norm_g_bias, M, H, FIRST=first, HAS_FL=flush is not None,
-            HAS_GH2=g_h2 is not None, DT=dt, BLOCK=COLUMNS,
+            _ln_columns_kernel, programs, gates, gates.stride(0), tc, tc.stride(0), fl, sfl, zi,
+            szi, g_h, g_h.stride(0), gh2, sgh2, stc_t, sstc, cn, scn, norm_g_gain, norm_g_bias,
+            M, H, *gains_args, NC, FIRST=first, HAS_FL=flush is not None,
+            HAS_GH2=g_h2 is not None, DT=dt, GAINS=preact is not None, **gains_meta,
+            BLOCK=COLUMNS,
         )  # fmt: skip
     return g_c_prev, carry, g_zin, g_flush
 
@@ -744,14 +821,13 @@ def _preact_backward_kernel(
 
 
 @triton.jit
-def _gains_grad_kernel(
-    D, sd, GGN, GB, M, G, X0, sx0, T0, st0, X1, sx1, T1, st1, X2, sx2, T2, st2,
+def _gain_columns(
+    j, D, sd, GGN, GB, M, G, X0, sx0, T0, st0, X1, sx1, T1, st1, X2, sx2, T2, st2,
     N: tl.constexpr, HT0: tl.constexpr, HT1: tl.constexpr, HT2: tl.constexpr,
-    HAS_GB: tl.constexpr, DT: tl.constexpr, BLOCK: tl.constexpr,
+    HAS_GB: tl.constexpr, DT: tl.constexpr,
 ):  # fmt: skip
-    """The gains' gradients (and with ``HAS_GB`` the bias's): per projection a sum over rows,
-    one program per block of columns."""
-    j = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    """The gains' gradients at columns ``j`` (and with ``HAS_GB`` the bias's): per projection a
+    sum over rows, in order."""
     m = j < G
     if HAS_GB:
         acc = tl.load(GB + j, mask=m, other=0.0).to(DT)
@@ -763,6 +839,19 @@ def _gains_grad_kernel(
         _gain_sum(D, sd, GGN, 1, M, G, X1, sx1, T1, st1, j, m, HT1, DT)
     if N > 2:
         _gain_sum(D, sd, GGN, 2, M, G, X2, sx2, T2, st2, j, m, HT2, DT)
+
+
+@triton.jit
+def _gains_grad_kernel(
+    D, sd, GGN, GB, M, G, X0, sx0, T0, st0, X1, sx1, T1, st1, X2, sx2, T2, st2,
+    N: tl.constexpr, HT0: tl.constexpr, HT1: tl.constexpr, HT2: tl.constexpr,
+    HAS_GB: tl.constexpr, DT: tl.constexpr, BLOCK: tl.constexpr,
+):  # fmt: skip
+    """:func:`_gain_columns`, one program per block of columns."""
+    _gain_columns(
+        tl.program_id(0) * BLOCK + tl.arange(0, BLOCK), D, sd, GGN, GB, M, G,
+        X0, sx0, T0, st0, X1, sx1, T1, st1, X2, sx2, T2, st2, N, HT0, HT1, HT2, HAS_GB, DT,
+    )  # fmt: skip
 
 
 @triton.jit
