@@ -116,3 +116,18 @@ def test_the_pool_keeps_out_of_a_graphs_buffers(monkeypatch) -> None:
 
     gc.collect()
     assert p.kept_bytes == kept
+
+
+def test_a_copy_or_pickle_of_the_module_carries_no_graphs() -> None:
+    import copy
+    import pickle
+
+    rnn = HMLSTM(3, 8, 2)
+    g = graphs.CudaGraphs(rnn, capture=StandIn())
+    rnn.__dict__["_cuda_graphs"] = g
+    for _ in range(graphs.WARMUP + 1):
+        call(rnn, g, 3, 2)
+    assert len(g.graphs) == 1
+    for clone in (copy.deepcopy(rnn), pickle.loads(pickle.dumps(rnn))):
+        carried = clone.__dict__["_cuda_graphs"]
+        assert carried.graphs == {} and carried.rnn is clone

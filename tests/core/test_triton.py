@@ -11,6 +11,7 @@ path never waits for the device (no host synchronisation: what CUDA graphs need)
 from __future__ import annotations
 
 import os
+from dataclasses import replace
 
 import pytest
 import torch
@@ -244,3 +245,57 @@ def test_launches_per_layer_and_step_and_no_host_sync(layer_norm) -> None:
         assert forward == pytest.approx(10 / 3) and backward == pytest.approx(4)
     else:
         assert forward == 3 and backward == 3
+
+
+def test_the_layer_norm_kernels_alone_equal_the_torch_operations() -> None:
+    """The normalisation kernels as separate launches (the loop fuses them into the cell's, and
+    calls them alone for an estimator whose gradient runs in Python): the preactivation, the
+    recomputation and the projections' backward, with an all-zero row (absent: rstd 0)."""
+    from hmrnn.core.fused import cell, ln_cell
+
+    kernels = native.triton_kernels()
+    torch.manual_seed(0)
+    M, Hh, dt = 5, 6, torch.float64
+    G = 4 * Hh + 1
+    opts = {"dtype": dt, "device": DEVICE}
+    P = [torch.randn(M, G, **opts) for _ in range(3)]
+    P[1][2] = 0.0  # a closed gate's projection
+    gains = torch.randn(3, G, **opts)
+    gates = [None, torch.randint(0, 2, (M, 1), **opts), torch.rand(M, 1, **opts)]
+    add = torch.randn(G, **opts)
+    want_s, got_s = torch.empty(M, G, **opts), torch.empty(M, G, **opts)
+    want_x, got_x = [torch.empty(M, G, **opts) for _ in P], [torch.empty(M, G, **opts) for _ in P]
+    want_st, got_st = torch.zeros(M, 5, **opts), torch.zeros(M, 5, **opts)
+    ln_cell.preact_forward(P, list(gains.unbind(0)), gates, add, want_s, want_x, want_st)
+    kernels.preact_forward(P, gains, gates, add.expand(M, G), got_s, got_x, got_st)
+    for a, b in zip([got_s, got_st, *got_x], [want_s, want_st, *want_x], strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+
+    c = torch.randn(M, Hh, **opts)
+    stats_c = torch.stack([c.mean(1), 1 / c.std(1, correction=0)], 1)
+    gain_c, bias_c = torch.randn(Hh, **opts), torch.randn(Hh, **opts)
+    acts, tc = torch.empty(M, G, **opts), torch.empty(M, Hh, **opts)
+    kernels.recompute(want_x, gains, gates, add.expand(M, G), acts, c, stats_c, gain_c, bias_c, tc)
+    want_acts = torch.empty(M, G, **opts)
+    spec = LoopSpec.of(make(2).to(DEVICE), True, DEVICE, dt)
+    cell.activate(replace(spec, H=Hh), want_s, want_acts)
+    want_tc = torch.tanh(bias_c + (c - stats_c[:, :1]) * stats_c[:, 1:] * gain_c)
+    torch.testing.assert_close(acts, want_acts, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(tc, want_tc, rtol=1e-12, atol=1e-12)
+
+    ds = torch.randn(M, G, **opts)
+    want_gg = torch.randn(3, G, **opts)  # the gains' gradients so far (added to)
+    got_gg = want_gg.clone()
+    want_gp, got_gp = [torch.empty(M, G, **opts) for _ in P], [torch.empty(M, G, **opts) for _ in P]
+    want_gb = torch.randn(G, **opts)
+    got_gb = want_gb.clone()
+    want_gates = ln_cell.preact_backward(
+        ds, want_x, want_st, list(gains.unbind(0)), gates, list(want_gg.unbind(0)), want_gp
+    )
+    want_gb += ds.sum(0)
+    got_gates = kernels.preact_backward(ds, want_x, want_st, gains, gates, got_gg, got_gp, got_gb)
+    for a, b in zip([got_gg, got_gb, *got_gp], [want_gg, want_gb, *want_gp], strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+    assert got_gates[0] is None and want_gates[0] is None
+    for a, b in zip(got_gates[1:], want_gates[1:], strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)

@@ -35,6 +35,7 @@ tests/core/test_fused.py); the COPY / UPDATE / FLUSH masks are the same as in
 
 from __future__ import annotations
 
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import replace
 from typing import TYPE_CHECKING
 
@@ -173,7 +174,7 @@ def run_loop(
         weights = module_loop_weights(rnn, input.device)
         args = (state.h, state.c, state.z, imposed, *weights.flat())
         bottom_up = _mm_dtype(weights.bottom_up(input), spec)
-        with torch.autocast(device_type, enabled=False):
+        with _autocast_off(device_type, low):
             return _Sequence.apply(spec, bottom_up, *args)
 
     # no gradient wanted: the weights in loop order (and packed) are kept while they are unchanged
@@ -184,10 +185,15 @@ def run_loop(
     if weights.gains is not None and weights.norm_c is not None:
         norm = (weights.gains, weights.norm_c)
     bottom_up = _mm_dtype(weights.bottom_up(input), spec)
-    with torch.autocast(device_type, enabled=False):
+    with _autocast_off(device_type, low):
         loop = Loop(spec, bottom_up, state, imposed, matmuls, weights.biases, False, norm)
         loop.run()
         return loop.outputs()
+
+
+def _autocast_off(device_type: str, low: torch.dtype | None) -> AbstractContextManager:
+    """Autocast turned off inside the loop where it was on (``low``), else nothing."""
+    return nullcontext() if low is None else torch.autocast(device_type, enabled=False)
 
 
 def _mm_dtype(bottom_up: Tensor, spec: LoopSpec) -> Tensor:

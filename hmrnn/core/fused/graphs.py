@@ -74,6 +74,13 @@ class CudaGraphs:
         self.inside = False  # the module's forward called from here (warm-up, capture): eager
         self.captures = 0
 
+    def __getstate__(self) -> dict[str, Any]:
+        """A copy or pickle of the module carries no graphs (they are the device's)."""
+        return {"rnn": self.rnn}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__init__(state["rnn"])  # type: ignore[misc]
+
     def key(self, x: Tensor, state, boundaries: Tensor | None) -> tuple:
         """What a graph is specific to."""
         from hmrnn.core.fused.cell import LoopSpec
