@@ -18,7 +18,9 @@ timeout that leaves time to rerun). It writes into ``--out``:
 - ``copy_skipping.json``: what leaving out COPY rows could save on the device (the step
   multiply over fewer rows; imposed sparse boundaries against all-updating ones).
 - ``train.log``: ``experiment=ptb`` for a few hundred steps on one device (PTB-char from
-  ``--data``).
+  ``--data``); ``train_ddp.log`` the same on two devices with DDP, where there are two.
+- ``tests.log``: on a GPU, the Triton, mixed-precision and CUDA-graph tests (where pytest is
+  installed), which CPU machines run with the kernels interpreted.
 
 Nothing here asserts a speed: the numbers go to docs/performance.md with the card's name.
 """
@@ -26,6 +28,7 @@ Nothing here asserts a speed: the numbers go to docs/performance.md with the car
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import itertools
 import json
 import os
@@ -228,6 +231,13 @@ def main() -> None:
         about["card"] = torch.cuda.get_device_name()
     print(json.dumps(about), flush=True)
 
+    if device.type == "cuda" and importlib.util.find_spec("pytest") is not None:
+        # the kernels compiled for this device (CPU machines test them interpreted)
+        tests = [sys.executable, "-m", "pytest", "-q", "tests/core/test_triton.py",
+                 "tests/core/test_mixed.py", "tests/core/test_graphs.py"]  # fmt: skip
+        status = run(tests, out / "tests.log", timeout=300)
+        print(f"Triton, mixed-precision and graph tests on the device: exit {status}")
+
     found = correctness(device, args.quick)
     (out / "correctness.json").write_text(json.dumps({**about, "max_abs_diff": found}, indent=1))
     worst = max(max(d.values()) for d in found.values())
@@ -271,6 +281,12 @@ def main() -> None:
         train += ["model.hidden_size=32", "data.batch_size=4", "trainer.limit_val_batches=1"]
     status = run(train, out / "train.log", timeout=120 if args.quick else 400)
     print(f"real run ({steps} steps of experiment=ptb): exit {status}, log in {out / 'train.log'}")
+    if device.type == "cuda" and torch.cuda.device_count() >= 2:
+        kept = [a for a in train if not a.startswith(("trainer.devices=", "out_dir="))]
+        ddp = [*kept, "trainer.devices=2", "trainer.strategy=ddp",
+               f"out_dir={(out / 'runs_ddp').resolve()}"]  # fmt: skip
+        status = run(ddp, out / "train_ddp.log", timeout=400)
+        print(f"real run on 2 devices (DDP): exit {status}, log in {out / 'train_ddp.log'}")
 
 
 if __name__ == "__main__":

@@ -171,7 +171,7 @@ class HMLSTM(nn.Module):
         """The slope as a Python number; read from the buffer (a host-device synchronisation on
         a GPU) only when it changed by other means than :meth:`set_slope` (a checkpoint load,
         ``.to()``, an in-place write)."""
-        seen = self._slope_seen
+        seen = getattr(self, "_slope_seen", None)  # (a module pickled before it existed)
         if seen is None or seen[0] is not self.slope or seen[1] != self.slope._version:
             seen = self._slope_seen = (self.slope, self.slope._version, float(self.slope))
         return seen[2]

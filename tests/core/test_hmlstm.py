@@ -303,3 +303,19 @@ def test_bad_call_arguments() -> None:
         rnn(torch.randn(T, B, H_IN).double(), bad)
     with pytest.raises(ValueError, match="step's input must be 2-d"):
         rnn.step(torch.randn(T, B, H_IN).double())
+
+
+def test_the_slope_is_read_again_whenever_it_changes() -> None:
+    """HMLSTM.slope_value() (what the loop reads, without a device synchronisation after
+    set_slope) follows every way the buffer can change."""
+    rnn = HMLSTM(3, 4, 2)
+    assert rnn.slope_value() == 1.0
+    rnn.set_slope(2.5)
+    assert rnn.slope_value() == 2.5
+    rnn.slope.fill_(3.0)  # in place, bypassing set_slope
+    assert rnn.slope_value() == 3.0
+    rnn.load_state_dict({**rnn.state_dict(), "slope": torch.tensor(4.0)})
+    assert rnn.slope_value() == 4.0
+    rnn.double()  # a new tensor
+    rnn.slope.data = torch.tensor(5.0, dtype=torch.float64)
+    assert rnn.slope_value() == 5.0
