@@ -175,6 +175,10 @@ class TrainerConfig:
     numbers need the whole split (1.0). results.json's boundary scores cover the same part."""
     log_every_n_steps: int = 20
     """Log training metrics every this many steps."""
+    boundary_diagnostics: int = 8
+    """At every logging step, the boundary detectors' diagnostics (hmrnn.core.diagnostics:
+    firing rate, the z row's pre-activation, the gradient reaching z by path) on this many
+    sequences of the batch just trained, logged as ``diag/...``; 0 turns them off."""
     checkpoint_every_n_steps: int = 0
     """Also save ``last.ckpt`` every this many training steps (0: after each validation only)."""
     deterministic: bool = False

@@ -103,6 +103,8 @@ def test_run_writes_config_checkpoints_logs_and_results(finished_run: Path) -> N
     csv = (run / "csv" / "metrics.csv").read_text().splitlines()
     header = csv[0].split(",")
     assert "val/bpc" in header and "train/bpc" in header and "train/z_rate_l1" in header
+    diag = ("z_rate", "sz_mean", "sz_std", "sz_linear", "grad_sz", "grad_masks", "grad_top_down")
+    assert {f"diag/{k}_l{l}" for k in diag for l in (1, 2)} | {"diag/slope"} <= set(header)
     assert len(csv) > 5
     offline = list((run / "wandb").glob("offline-run-*/run-*.wandb"))
     assert len(offline) == 1 and offline[0].stat().st_size > 0

@@ -43,12 +43,49 @@ def layer_norm(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
     return out * present if bias is None else torch.where(present, out, bias)
 
 
+class Taps:
+    """Where the boundaries' gradients go (hmrnn.core.diagnostics): with taps, the autograd
+    forward records each layer's z-row pre-activation and passes every z through a separate
+    alias per use, so that a gradient with respect to the aliases splits d loss / d z by path:
+
+    - ``masks``: z as an operation mask (FLUSH of its own layer at the next step, and the
+      UPDATE / COPY choice of the layer above at the same step);
+    - ``top_down``: z_{t-1}^l gating h_{t-1}^{l+1} in layer l's pre-activation;
+    - ``bottom_up``: z_t^l gating h_t^l in layer l+1's pre-activation.
+
+    ``preacts[l]`` and ``uses[l][path]`` are lists over steps; ``zs[l]`` the z_t^l produced.
+    """
+
+    PATHS = ("masks", "top_down", "bottom_up")
+
+    def __init__(self, num_layers: int) -> None:
+        self.preacts: list[list[Tensor]] = [[] for _ in range(num_layers)]
+        self.zs: list[list[Tensor]] = [[] for _ in range(num_layers)]
+        self.uses: list[dict[str, list[Tensor]]] = [
+            {path: [] for path in self.PATHS} for _ in range(num_layers)
+        ]
+
+    def use(self, l: int, path: str, z: Tensor) -> Tensor:
+        """An alias of layer l's ``z`` for one use along ``path`` (recorded if it carries a
+        gradient)."""
+        if not z.requires_grad:
+            return z
+        alias = z.view_as(z)
+        self.uses[l][path].append(alias)
+        return alias
+
+
 def autograd_forward(
-    rnn: HMLSTM, input: Tensor, state: HMLSTMState, boundaries: Tensor | None
+    rnn: HMLSTM,
+    input: Tensor,
+    state: HMLSTMState,
+    boundaries: Tensor | None,
+    taps: Taps | None = None,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
     """:meth:`HMLSTM.forward` built from autograd operations, time-major, as
     :func:`hmrnn.core.fused.fused_forward`: output (T, B, K, H), h and c (K, B, H),
-    z (K, B), boundaries (T, B, K)."""
+    z (K, B), boundaries (T, B, K). ``taps`` records where the boundaries' gradients go
+    (:class:`Taps`)."""
     T, B, _ = input.shape
     K, H = rnn.num_layers, rnn.hidden_size
     h = list(state.h.unbind(0))  # per layer (B, H)
@@ -70,12 +107,14 @@ def autograd_forward(
             z_below = None if l == 0 else z[l - 1]
             above = h[l + 1] if rnn.has_top_down(l) else None
             h[l], c[l], z_new = cell(
-                rnn, l, weights[l], h[l], c[l], z[l], above, below, z_below, estimator
+                rnn, l, weights[l], h[l], c[l], z[l], above, below, z_below, estimator, taps
             )
             if not rnn.has_detector(l):
                 z_new = zero
             elif imposed is not None:
                 z_new = imposed[t][:, l]
+            if taps is not None and rnn.has_detector(l):
+                taps.zs[l].append(z_new)
             z[l] = z_new
             outs.append(h[l])
             zs.append(z_new)
@@ -107,22 +146,34 @@ def cell(
     below: Tensor,
     z_below: Tensor | None,
     estimator: BoundaryEstimator,
+    taps: Taps | None = None,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """One step of layer l: returns h_t, c_t (B, H) and the detector's z_t (B, 1).
 
     ``below`` is the bottom-up input h_t^{l-1} (for layer 0 the precomputed W x_t + b);
     ``z_below`` is None for layer 0 (z^0 = 1); ``estimator`` is :attr:`HMLSTM.estimator`, looked
-    up once per forward.
+    up once per forward; ``taps`` (:class:`Taps`) splits the boundaries' gradients by path.
     """
     H = rnn.hidden_size
-    s = preactivation(rnn, l, weight, h_prev, z_prev, above, below, z_below)  # (B, G)
+    z_gate, z_below_gate = z_prev, z_below
+    if taps is not None:
+        z_gate = taps.use(l, "top_down", z_prev) if above is not None else z_prev
+        if z_below is not None:
+            z_below_gate = taps.use(l - 1, "bottom_up", z_below)
+            z_below = taps.use(l - 1, "masks", z_below)
+        if rnn.has_detector(l):
+            z_prev = taps.use(l, "masks", z_prev)
+    s = preactivation(rnn, l, weight, h_prev, z_gate, above, below, z_below_gate)  # (B, G)
+    s_z = s[:, 4 * H :]
+    if taps is not None and rnn.has_detector(l):
+        taps.preacts[l].append(s_z)
     i = torch.sigmoid(s[:, :H])
     f = torch.sigmoid(s[:, H : 2 * H])
     g = torch.tanh(s[:, 2 * H : 3 * H])
     o = torch.sigmoid(s[:, 3 * H : 4 * H])
     z_new = None
     if rnn.has_detector(l):
-        z_new = boundary(s[:, 4 * H :], rnn.slope, estimator, rnn.training)
+        z_new = boundary(s_z, rnn.slope, estimator, rnn.training)
 
     flush = z_prev if rnn.has_detector(l) else None
     if flush is not None and not rnn.grad_through_ops:
@@ -182,4 +233,4 @@ def norm_c(rnn: HMLSTM, l: int, c: Tensor) -> Tensor:
     return layer_norm(c, rnn.param("ln_c_weight", l), rnn.param("ln_c_bias", l))
 
 
-__all__ = ["LN_EPS", "autograd_forward", "layer_norm"]
+__all__ = ["LN_EPS", "Taps", "autograd_forward", "layer_norm"]

@@ -26,13 +26,15 @@ per-step element-wise work in one C++ call); the autograd implementation of
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import NamedTuple
 
 import torch
 from torch import Tensor, nn
 
 from hmrnn.core.autograd_step import LN_EPS as LN_EPS  # re-exported: imported from here
-from hmrnn.core.autograd_step import autograd_forward
+from hmrnn.core.autograd_step import Taps, autograd_forward
 from hmrnn.core.autograd_step import layer_norm as layer_norm  # re-exported
 from hmrnn.core.boundary import BoundaryEstimator
 from hmrnn.core.fused import WeightCache, fused_forward
@@ -161,6 +163,16 @@ class HMLSTM(nn.Module):
                 self.register_parameter(f"ln_c_bias_l{l}", nn.Parameter(torch.empty(H)))
 
     # ----------------------------------------------------------------------------- structure
+    @contextmanager
+    def tapped(self, taps: Taps) -> Iterator[Taps]:
+        """Within it, forward passes run the autograd implementation and record where the
+        boundaries' gradients go into ``taps`` (:mod:`hmrnn.core.diagnostics`)."""
+        self.__dict__["_taps"] = taps
+        try:
+            yield taps
+        finally:
+            del self.__dict__["_taps"]
+
     def set_slope(self, value: float) -> None:
         """Sets the hard sigmoid's slope (the annealing callback's call), remembering the value
         on the host so that the loop need not read it back from a GPU."""
@@ -287,10 +299,11 @@ class HMLSTM(nn.Module):
             boundaries = None if boundaries is None else boundaries.transpose(0, 1)
         B = input.size(1)
         state = self.zero_state(B, input) if state is None else HMLSTMState(*state[:3])
-        if self.fused:
+        taps = self.__dict__.get("_taps")
+        if self.fused and taps is None:
             output, h_n, c_n, z_n, bounds = fused_forward(self, input, state, boundaries)
         else:
-            output, h_n, c_n, z_n, bounds = autograd_forward(self, input, state, boundaries)
+            output, h_n, c_n, z_n, bounds = autograd_forward(self, input, state, boundaries, taps)
         if self.batch_first:
             output, bounds = output.transpose(0, 1), bounds.transpose(0, 1)
         return output, HMLSTMState(h_n, c_n, z_n), bounds

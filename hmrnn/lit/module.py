@@ -17,6 +17,7 @@ from torchmetrics import Metric
 from hmrnn.config import Config
 from hmrnn.core import CharLM, HMLSTMState
 from hmrnn.core.analysis import true_boundaries, truth_kinds
+from hmrnn.core.diagnostics import boundary_diagnostics
 from hmrnn.core.fixed import FixedState
 from hmrnn.lit.base import SPLIT_NAMES, LitBase, detach_state, fixed_boundaries, rnn_options
 from hmrnn.lit.metrics import BitsPerChar
@@ -117,6 +118,7 @@ class LitCharLM(LitBase):
         return reg.weight * (rates - target).pow(2).sum()
 
     def training_step(self, batch: Tensor, batch_idx: int) -> Tensor:
+        before = self.carried["train"]
         loss = self._step("train", batch)
         B, T = batch.shape[1], batch.shape[0] - 1
         self.log("train/loss", loss, prog_bar=True, batch_size=B * T)
@@ -125,7 +127,23 @@ class LitCharLM(LitBase):
             self.bpc("train").reset()
             self.log_stats("train", rank_zero_only=True)
             self.log_slope()
+            self.log_diagnostics(batch, before)
         return loss
+
+    def log_diagnostics(self, batch: Tensor, state: HMLSTMState | FixedState | None) -> None:
+        """hmrnn.core.diagnostics on the first ``trainer.boundary_diagnostics`` sequences of
+        the batch just trained, from the state it started from (rank 0's rows)."""
+        rows = min(self.config.trainer.boundary_diagnostics, batch.size(1))
+        rnn = self.model.rnn
+        if rows <= 0 or not self.is_hierarchical or not hasattr(rnn, "tapped"):
+            return
+        tokens = batch[:, :rows]
+        if state is not None and state.h.size(1) == batch.size(1):
+            state = type(state)(*(x[:, :rows].to(tokens.device) for x in state))
+        else:
+            state = None
+        found = boundary_diagnostics(rnn, lambda: self.model(tokens[:-1], tokens[1:], state).loss)
+        self.log_dict({f"diag/{k}": v for k, v in found.items()}, rank_zero_only=True)
 
     def validation_step(self, batch: Tensor, batch_idx: int) -> None:
         self._step("val", batch)
