@@ -24,9 +24,12 @@ def _curve(variant: Variant, key: str) -> tuple[np.ndarray, np.ndarray, np.ndarr
     return np.array(steps), values.mean(0), values.min(0), values.max(0)
 
 
-def plot_png(variants: list[Variant], panels: list[tuple[str, str]], title: str) -> bytes | None:
+def plot_png(
+    variants: list[Variant], panels: list[tuple[str, str]], title: str, log: bool = False
+) -> bytes | None:
     """One subplot per (metric key, y label): a line per variant (mean over its runs) with the
-    range of its runs shaded. None when no run logged any of the keys."""
+    range of its runs shaded; ``log``: a logarithmic y axis where every value is positive. None
+    when no run logged any of the keys."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -44,6 +47,9 @@ def plot_png(variants: list[Variant], panels: list[tuple[str, str]], title: str)
             ax.plot(steps, mean, color=colour, label=v.label, marker="o", markersize=3)
             if len(v.runs) > 1:
                 ax.fill_between(steps, low, high, color=colour, alpha=0.2)
+        lows = [low for _, (steps, _, low, _) in panel if len(steps)]
+        if log and lows and all((low > 0).all() for low in lows):
+            ax.set_yscale("log")
         ax.set_xlabel("training step")
         ax.set_ylabel(ylabel)
         ax.set_title(key)
@@ -77,4 +83,42 @@ def figures(variants: list[Variant]) -> dict[str, tuple[str, bytes]]:
     png = plot_png(variants, panels, "Boundary rate per layer on validation") if panels else None
     if png:
         out["boundary_rates.png"] = ("Boundary rates", png)
+    out.update(diagnostic_figures(variants, K))
+    return out
+
+
+DYNAMICS = [
+    ("z_rate", "firing rate (training batch)"),
+    ("sz_mean", "mean of s_z"),
+    ("sz_std", "spread of s_z"),
+    ("sz_linear", "fraction with |slope s_z| < 1"),
+]
+GRADIENTS = [
+    ("grad_sz", "mean |d loss / d s_z|"),
+    ("grad_masks", "through the operation masks"),
+    ("grad_top_down", "through the top-down gate"),
+    ("grad_bottom_up", "through the bottom-up gate"),
+]
+
+
+def diagnostic_figures(variants: list[Variant], K: int) -> dict[str, tuple[str, bytes]]:
+    """Per detector layer, its dynamics over training and the gradient reaching its z by path
+    (the ``diag/`` metrics of hmrnn.core.diagnostics), where the runs logged them."""
+    out: dict[str, tuple[str, bytes]] = {}
+    for l in range(1, K + 1):
+        png = plot_png(
+            variants,
+            [(f"diag/{key}_l{l}", label) for key, label in DYNAMICS],
+            f"Layer {l}'s boundary detector: firing and the z row's pre-activation s_z",
+        )
+        if png:
+            out[f"detector_l{l}.png"] = (f"Layer {l}'s detector", png)
+        png = plot_png(
+            variants,
+            [(f"diag/{key}_l{l}", label) for key, label in GRADIENTS],
+            f"Layer {l}: the gradient reaching z, by path (mean absolute value)",
+            log=True,
+        )
+        if png:
+            out[f"gradients_l{l}.png"] = (f"Layer {l}'s gradients by path", png)
     return out
