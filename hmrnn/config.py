@@ -39,7 +39,9 @@ class ModelConfig:
     layer_norm: bool = False
     """Layer normalisation of each projection and of c_t (model.md §4)."""
     boundary: str = "step"
-    """Boundary estimator: ``step``, ``bernoulli`` or ``soft`` (HM-LSTM only)."""
+    """Boundary estimator: ``step``, ``bernoulli`` or ``soft`` (HM-LSTM only; the paper's), or
+    ``step_leaky`` (straight-through with a gradient outside the hard sigmoid's window too: not
+    in the paper, docs/hierarchy.md)."""
     top_layer_boundary: bool = False
     """Give the top layer a boundary detector (not in the paper; HM-LSTM only)."""
     grad_through_ops: bool = True

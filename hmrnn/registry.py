@@ -94,6 +94,7 @@ ESTIMATORS: Registry[Any] = Registry(
     "model.boundary",
     {
         "step": "hmrnn.core.boundary:STEP",
+        "step_leaky": "hmrnn.core.boundary:STEP_LEAKY",
         "bernoulli": "hmrnn.core.boundary:BERNOULLI",
         "soft": "hmrnn.core.boundary:SOFT",
     },

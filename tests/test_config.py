@@ -92,7 +92,7 @@ def test_config_round_trips_through_a_dict() -> None:
         (["model.hidden_size=abc"], r"bad value for 'model.hidden_size'"),
         (
             ["model.boundary=gumbel"],
-            r"model.boundary='gumbel' is not a valid choice.*step, bernoulli, soft",
+            r"model.boundary='gumbel' is not a valid choice.*step, step_leaky, bernoulli, soft",
         ),
         (["model=hmlstmm"], r"model='hmlstmm' has no file .*did you mean 'hmlstm'"),
         (["experiment=nope"], r"experiment='nope' has no file"),

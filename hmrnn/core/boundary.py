@@ -75,6 +75,21 @@ class StepEstimator(BoundaryEstimator):
         return grad_z * inside * (slope * 0.5)
 
 
+class LeakyStepEstimator(StepEstimator):
+    """``step_leaky`` (not in the paper; issue 18): z = [x > 0] as ``step``, and the
+    straight-through gradient d hard_sigm / dx inside the window |slope x| < 1, ``leak`` times it
+    outside. The paper's estimator passes nothing outside the window, so a detector whose
+    pre-activation leaves it never learns again (docs/hierarchy.md); the leak lets it come back.
+    """
+
+    leak = 0.1
+
+    def grad(self, x: Tensor, slope: Tensor | float, z: Tensor, grad_z: Tensor) -> Tensor:
+        inside = (x * slope).abs() < 1.0
+        scale = torch.where(inside, 1.0, self.leak).to(grad_z.dtype)
+        return grad_z * scale * (slope * 0.5)
+
+
 class BernoulliEstimator(StepEstimator):
     """``bernoulli``: z ~ Bernoulli(hard_sigm(x)) in training, [x > 0] in evaluation; the
     straight-through gradient of ``step``."""
@@ -104,6 +119,7 @@ class SoftEstimator(BoundaryEstimator):
 
 
 STEP = StepEstimator()
+STEP_LEAKY = LeakyStepEstimator()
 BERNOULLI = BernoulliEstimator()
 SOFT = SoftEstimator()
 

@@ -68,3 +68,28 @@ def test_the_prepared_gpu_check_runs_on_the_cpu(tmp_path: Path) -> None:
             "exit 0" in done.stdout.splitlines()[-1]
             and "results:" in (tmp_path / "train.log").read_text()
         )
+
+
+def test_the_hierarchy_summary_reads_a_sweeps_runs(tmp_path: Path) -> None:
+    """benchmarks/hierarchy_summary.py (docs/hierarchy.md's tables): one row per finished run
+    with its swept settings, test numbers and layer 2's diagnostics, first and last."""
+    sweep = tmp_path / "sweep"
+    run = sweep / "demo-hmlstm-abc123"
+    (run / "csv").mkdir(parents=True)
+    (sweep / "sweep.json").write_text(
+        json.dumps({"runs": [{"id": "abc123", "values": {"optim.lr": 0.001, "seed": 1}}]})
+    )
+    boundaries = {"l1/word/tol0": {"f1": 0.42}, "l2/phrase/tol1": {"f1": 0.33}}
+    metrics = {"test/bpc": 1.2345, "test/z_rate_l1": 0.7, "test/z_rate_l2": 0.1}
+    (run / "results.json").write_text(json.dumps({"metrics": metrics, "boundaries": boundaries}))
+    (run / "csv" / "metrics.csv").write_text(
+        "step,diag/sz_mean_l2,diag/sz_linear_l2,val/bpc\n9,-0.5,0.9,\n19,,,2.0\n29,-4.0,0.0,\n"
+    )
+    script = ROOT / "benchmarks" / "hierarchy_summary.py"
+    done = subprocess.run([sys.executable, str(script), str(sweep)], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    row = done.stdout.splitlines()[-1]
+    assert row == (
+        "| abc123 | optim.lr=0.001, seed=1 | 1.234 | 0.70 / 0.10 | 0.42 / - | - / 0.33 "
+        "| -0.50 / -4.00 | 0.90 / 0.00 |"
+    )

@@ -219,3 +219,27 @@ def test_an_unknown_name_fails_with_the_registry_message_on_every_path(
         assert str(caught.value) == message, (fused, grad)
     with pytest.raises(UnknownChoice, match="toy_quarter"):
         reference_forward(rnn, x, state)
+
+
+def test_the_leaky_straight_through_passes_a_tenth_outside_the_window() -> None:
+    """``step_leaky`` (issue 18): the step's z, its gradient inside the window, 0.1 of it
+    outside; and the fast loop equals the reference with it (its gradient runs in Python)."""
+    estimator = ESTIMATORS.get("step_leaky")
+    x = torch.tensor([-3.0, -0.5, 0.5, 3.0])
+    z = estimator.sample(x, 1.0, True)
+    torch.testing.assert_close(z, STEP.sample(x, 1.0, True))
+    g = estimator.grad(x, 1.0, z, torch.ones(4))
+    torch.testing.assert_close(g, torch.tensor([0.05, 0.5, 0.5, 0.05]))
+    torch.manual_seed(0)
+    rnn = HMLSTM(H_IN, H, 3, boundary="step_leaky").double()
+    x = torch.randn(T, B, H_IN, dtype=torch.float64, requires_grad=True)
+    state = HMLSTMState(
+        torch.randn(3, B, H, dtype=torch.float64, requires_grad=True),
+        torch.randn(3, B, H, dtype=torch.float64, requires_grad=True),
+        torch.randint(0, 2, (3, B)).double(),
+    )
+    fast = lambda r, *a: r(*a)  # noqa: E731
+    got, got_grads = run_and_grad(fast, rnn, x, state, None, seed=1)
+    want, want_grads = run_and_grad(reference_forward, rnn, x, state, None, seed=1)
+    for a, b in zip([*got, *got_grads], [*want, *want_grads], strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-8, atol=1e-8)

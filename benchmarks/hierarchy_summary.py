@@ -1,0 +1,80 @@
+"""One line per run of a hierarchy sweep (issue 18, docs/hierarchy.md): the swept settings, test
+BPC, the detectors' test firing rates and F1 against the true boundaries, and how layer 2's
+detector went over training (its z-row pre-activation's mean and the fraction of it inside the
+hard sigmoid's window, first and last logged, from the ``diag/`` metrics).
+
+    python benchmarks/hierarchy_summary.py runs/sweeps/hierarchy_lr [more sweep folders]
+
+Prints a Markdown table (the run folders' results.json and csv/metrics.csv; the sweep's
+sweep.json names what was swept).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import sys
+from pathlib import Path
+
+
+def swept(folder: Path) -> dict[str, dict[str, str]]:
+    """Run id -> the swept settings, from the sweep's state file."""
+    state = json.loads((folder / "sweep.json").read_text())
+    out = {}
+    for run in state.get("runs", []):
+        values = run.get("values") or run.get("config") or {}
+        out[str(run.get("id"))] = {k: str(v) for k, v in values.items() if k != "seed"} | {
+            "seed": str(values.get("seed", ""))
+        }
+    return out
+
+
+def diag_ends(path: Path, key: str) -> tuple[float | None, float | None]:
+    """The first and last logged values of ``key`` in a run's metrics.csv."""
+    values = []
+    with open(path) as f:
+        for row in csv.DictReader(f):
+            if row.get(key):
+                values.append(float(row[key]))
+    return (values[0], values[-1]) if values else (None, None)
+
+
+def fmt(x: float | None, digits: int = 2) -> str:
+    return "-" if x is None else f"{x:.{digits}f}"
+
+
+def f1(boundaries: dict, key: str) -> str:
+    """The F1 score of results.json's ``boundaries[key]``, formatted."""
+    return fmt(boundaries.get(key, {}).get("f1"))
+
+
+def main() -> None:
+    lines = [
+        "| run | settings | test BPC | rate l1 / l2 | F1 word l1 (tol 0 / 1) "
+        "| F1 phrase l2 (tol 0 / 1) | s_z l2 mean first / last | in window l2 first / last |",
+        "|---|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for name in sys.argv[1:]:
+        folder = Path(name)
+        settings = swept(folder) if (folder / "sweep.json").is_file() else {}
+        for run_dir in sorted(p.parent for p in folder.glob("*/results.json")):
+            results = json.loads((run_dir / "results.json").read_text())
+            m, b = results["metrics"], results.get("boundaries", {})
+            run_id = run_dir.name.rsplit("-", 1)[-1]
+            setting = ", ".join(f"{k}={v}" for k, v in settings.get(run_id, {}).items())
+            metrics = run_dir / "csv" / "metrics.csv"
+            mean = diag_ends(metrics, "diag/sz_mean_l2")
+            window = diag_ends(metrics, "diag/sz_linear_l2")
+
+            lines.append(
+                f"| {run_id} | {setting} | {m.get('test/bpc', float('nan')):.3f} "
+                f"| {fmt(m.get('test/z_rate_l1'))} / {fmt(m.get('test/z_rate_l2'))} "
+                f"| {f1(b, 'l1/word/tol0')} / {f1(b, 'l1/word/tol1')} "
+                f"| {f1(b, 'l2/phrase/tol0')} / {f1(b, 'l2/phrase/tol1')} "
+                f"| {fmt(mean[0])} / {fmt(mean[1])} | {fmt(window[0])} / {fmt(window[1])} |"
+            )
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
