@@ -226,7 +226,7 @@ def test_train_help_lists_choices_and_every_key_without_importing_lightning(flag
     for key in dotted_keys():
         assert f"\n  {key}: " in out, f"{key} missing from --help"
     assert "  model.hidden_size: int = 512\n      H, the size of every layer." in out
-    assert "\n      choices: step | bernoulli | soft\n" in out
+    assert "\n      choices: step | step_leaky | bernoulli | soft\n" in out
 
 
 @pytest.mark.parametrize("command", ["visualize", "generate", "evaluate"])
