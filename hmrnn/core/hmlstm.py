@@ -288,7 +288,8 @@ class HMLSTM(nn.Module):
         boundaries: Tensor | None = None,
     ) -> tuple[Tensor, HMLSTMState, Tensor]:
         self.check_inputs(input, state, boundaries)
-        if self.cuda_graphs:  # captured and replayed where it can be (CUDA, training)
+        if self.cuda_graphs and "_taps" not in self.__dict__:  # captured and replayed where
+            # it can be (CUDA, training); not while diagnostics tap the autograd path
             B = input.size(0 if self.batch_first else 1)
             full = self.zero_state(B, input) if state is None else HMLSTMState(*state[:3])
             replayed = graphed_call(self, input, full, boundaries)

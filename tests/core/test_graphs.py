@@ -131,3 +131,21 @@ def test_a_copy_or_pickle_of_the_module_carries_no_graphs() -> None:
     for clone in (copy.deepcopy(rnn), pickle.loads(pickle.dumps(rnn))):
         carried = clone.__dict__["_cuda_graphs"]
         assert carried.graphs == {} and carried.rnn is clone
+
+
+def test_diagnostics_taps_bypass_the_graphs(monkeypatch) -> None:
+    """A tapped pass (hmrnn.core.diagnostics) runs the autograd path, never a graph replay
+    (which would not record the taps)."""
+    import hmrnn.core.hmlstm as hmlstm
+    from hmrnn.core.autograd_step import Taps
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("a tapped pass reached the graphs")
+
+    monkeypatch.setattr(hmlstm, "graphed_call", refuse)
+    rnn = HMLSTM(3, 8, 2)
+    rnn.cuda_graphs = True
+    taps = Taps(2)
+    with rnn.tapped(taps):
+        rnn(torch.randn(4, 2, 3))
+    assert len(taps.preacts[0]) == 4
