@@ -594,17 +594,11 @@ def _cell_backward_kernel(
         jg = tl.arange(0, BLOCK_G)
         mg = jg < G
         d = tl.load(drow + jg, mask=mg, other=0.0).to(DT)
-        _preact_backward_row(
-            d, X0, sx0, GNS, T0, st0, P0, sp0, Q0, sq0, ST, sst, r, 0, jg, mg, G, HT0, DT
-        )
-        if N > 1:
-            _preact_backward_row(
-                d, X1, sx1, GNS, T1, st1, P1, sp1, Q1, sq1, ST, sst, r, 1, jg, mg, G, HT1, DT
-            )
-        if N > 2:
-            _preact_backward_row(
-                d, X2, sx2, GNS, T2, st2, P2, sp2, Q2, sq2, ST, sst, r, 2, jg, mg, G, HT2, DT
-            )
+        _preact_backward_rows(
+            d, GNS, ST, sst, r, jg, mg, G, X0, sx0, T0, st0, P0, sp0, Q0, sq0,
+            X1, sx1, T1, st1, P1, sp1, Q1, sq1, X2, sx2, T2, st2, P2, sp2, Q2, sq2,
+            N, HT0, HT1, HT2, DT,
+        )  # fmt: skip
 
 
 @triton.jit
@@ -814,6 +808,22 @@ def _preact_backward_kernel(
     j = tl.arange(0, BLOCK)
     m = j < G
     d = tl.load(D + r * sd + j, mask=m, other=0.0).to(DT)
+    _preact_backward_rows(
+        d, GN, ST, sst, r, j, m, G, X0, sx0, T0, st0, P0, sp0, Q0, sq0,
+        X1, sx1, T1, st1, P1, sp1, Q1, sq1, X2, sx2, T2, st2, P2, sp2, Q2, sq2,
+        N, HT0, HT1, HT2, DT,
+    )  # fmt: skip
+
+
+@triton.jit
+def _preact_backward_rows(
+    d, GN, ST, sst, r, j, m, G, X0, sx0, T0, st0, P0, sp0, Q0, sq0,
+    X1, sx1, T1, st1, P1, sp1, Q1, sq1, X2, sx2, T2, st2, P2, sp2, Q2, sq2,
+    N: tl.constexpr, HT0: tl.constexpr, HT1: tl.constexpr, HT2: tl.constexpr,
+    DT: tl.constexpr,
+):  # fmt: skip
+    """Row r's d loss / d P_k and d loss / d gate_k for each of its N projections, from its d s
+    (``d``)."""
     _preact_backward_row(d, X0, sx0, GN, T0, st0, P0, sp0, Q0, sq0, ST, sst, r, 0, j, m, G, HT0, DT)
     if N > 1:
         _preact_backward_row(
