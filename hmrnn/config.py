@@ -46,6 +46,10 @@ class ModelConfig:
     """Give the top layer a boundary detector (not in the paper; HM-LSTM only)."""
     grad_through_ops: bool = True
     """Straight-through gradient also through the COPY/UPDATE/FLUSH masks (HM-LSTM only)."""
+    z_bias_init: list[float] = field(default_factory=list)
+    """Initial bias of the boundary detectors' z rows, one per detector layer (bottom first);
+    empty: 0 for all (model.md §5). Positive starts a detector firing on most steps (HM-LSTM
+    only; not in the paper: docs/hierarchy.md)."""
     fixed_source: str = "delimiter"
     """``fixed_boundary`` only: what layer 1 counts, ``periodic`` (every step, clockwork-like)
     or ``delimiter`` (the data's word separators: space, ``_`` or end of line for text, pen-up
@@ -111,6 +115,13 @@ class OptimConfig:
 
     lr: float = 2e-3
     """Adam learning rate."""
+    warmup_steps: int = 0
+    """Raise the learning rate linearly from lr / warmup_steps to lr over the first this many
+    optimiser steps (0: none; not in the paper)."""
+    z_lr_scale: float = 1.0
+    """HM-LSTM: the boundary detectors' z rows (their weights, bias and layer-norm gains) take
+    Adam steps this many times the others' (1: as the paper; not in the paper otherwise:
+    docs/hierarchy.md)."""
     weight_decay: float = 0.0
     """Adam weight decay."""
     grad_clip: float = 1.0
@@ -325,6 +336,16 @@ def validate(config: Config) -> Config:
     if config.slope.rate < 0 or config.slope.max_slope < 1:
         raise ConfigError("slope.rate must be >= 0 and slope.max_slope >= 1")
     n_detectors = config.model.num_layers - 1 + int(config.model.top_layer_boundary)
+    if config.model.z_bias_init and len(config.model.z_bias_init) != n_detectors:
+        raise ConfigError(
+            f"model.z_bias_init needs one value per detector layer ({n_detectors} for "
+            f"model.num_layers={config.model.num_layers}), got {list(config.model.z_bias_init)!r}"
+        )
+    if config.optim.warmup_steps < 0 or config.optim.z_lr_scale < 0:
+        raise ConfigError(
+            "optim.warmup_steps and optim.z_lr_scale must be >= 0, got "
+            f"{config.optim.warmup_steps!r} and {config.optim.z_lr_scale!r}"
+        )
     reg = config.regularizer
     if reg.weight > 0 and len(reg.target_rates) != n_detectors:
         raise ConfigError(

@@ -26,7 +26,7 @@ per-step element-wise work in one C++ call); the autograd implementation of
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import NamedTuple
 
@@ -74,6 +74,9 @@ class HMLSTM(nn.Module):
         grad_through_ops: let the straight-through gradient reach z through the choice of
             operation (the mask products); ``False`` detaches the masks (the ``where`` form).
         batch_first: inputs and outputs are (B, T, ...) instead of (T, B, ...).
+        z_bias_init: the initial bias of the z rows, one number for every detector or one per
+            detector layer (bottom first); 0 (model.md §5) by default. Positive values start a
+            detector firing on most steps, negative ones on few (docs/hierarchy.md).
 
     Inputs: input, state, boundaries
         input: (T, B, H_in).
@@ -116,6 +119,7 @@ class HMLSTM(nn.Module):
         top_layer_boundary: bool = False,
         grad_through_ops: bool = True,
         batch_first: bool = False,
+        z_bias_init: float | Sequence[float] = 0.0,
     ) -> None:
         super().__init__()
         for name, value in (("input_size", input_size), ("hidden_size", hidden_size)):
@@ -132,6 +136,15 @@ class HMLSTM(nn.Module):
         self.top_layer_boundary = top_layer_boundary
         self.grad_through_ops = grad_through_ops
         self.batch_first = batch_first
+        n_detectors = sum(self.has_detector(l) for l in range(num_layers))
+        if isinstance(z_bias_init, (int, float)):
+            z_bias_init = [float(z_bias_init)] * n_detectors
+        self.z_bias_init = tuple(float(v) for v in z_bias_init)
+        if len(self.z_bias_init) != n_detectors:
+            raise ValueError(
+                f"z_bias_init needs one value per detector layer ({n_detectors}) or a single "
+                f"number, got {list(z_bias_init)!r}"
+            )
         self.fused = True  # run the hand-written loop (hmrnn.core.fused)
         self.native = True  # its per-step work in C++ (CPU) or Triton (CUDA): fused.native
         # and there skip the work of COPY rows: in evaluation, and in training with imposed
@@ -212,7 +225,8 @@ class HMLSTM(nn.Module):
     @torch.no_grad()
     def reset_parameters(self) -> None:
         """model.md §5: orthogonal recurrent blocks, Xavier-uniform input and top-down blocks,
-        zero biases except the forget gate (+1), unit layer-norm gains."""
+        zero biases except the forget gate (+1) and the z row (``z_bias_init``), unit
+        layer-norm gains."""
         H = self.hidden_size
         for l in range(self.num_layers):
             G = self.gate_rows(l)
@@ -227,10 +241,24 @@ class HMLSTM(nn.Module):
             bias = self.param("bias", l)
             bias.zero_()
             bias[H : 2 * H] = 1.0  # forget gate
+            if self.has_detector(l):
+                bias[4 * H] = self.z_bias_init[l]
             if self.layer_norm:
                 for name, p in self.named_parameters():
                     if name.startswith("ln_") and name.endswith(f"_l{l}"):
                         p.fill_(0.0 if "ln_c_bias" in name else 1.0)
+
+    def z_rows(self) -> Iterator[tuple[str, nn.Parameter, slice]]:
+        """Every parameter slice that feeds a z pre-activation, as (name, parameter, rows):
+        row 4H of each detector layer's weights, bias and layer-norm gains."""
+        z = slice(4 * self.hidden_size, 4 * self.hidden_size + 1)
+        for l in range(self.num_layers):
+            if not self.has_detector(l):
+                continue
+            for kind in ("weight_ih", "weight_hh", "weight_td", "bias", "ln_ih", "ln_hh", "ln_td"):
+                p = getattr(self, f"{kind}_l{l}", None)
+                if p is not None:
+                    yield f"{kind}_l{l}", p, z
 
     def extra_repr(self) -> str:
         return (
@@ -238,6 +266,7 @@ class HMLSTM(nn.Module):
             f"layer_norm={self.layer_norm}, boundary={self.boundary!r}, "
             f"top_layer_boundary={self.top_layer_boundary}, "
             f"grad_through_ops={self.grad_through_ops}, batch_first={self.batch_first}"
+            + (f", z_bias_init={list(self.z_bias_init)}" if any(self.z_bias_init) else "")
         )
 
     # ------------------------------------------------------------------------------- checks

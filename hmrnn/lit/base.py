@@ -28,6 +28,8 @@ def rnn_options(config: Config) -> dict[str, Any]:
             "top_layer_boundary": m.top_layer_boundary,
             "grad_through_ops": m.grad_through_ops,
         }
+        if m.z_bias_init:
+            options["z_bias_init"] = list(m.z_bias_init)
     return options
 
 
@@ -37,6 +39,12 @@ def fixed_boundaries(config: Config) -> FixedBoundaries | None:
     if not m.spec.imposed:
         return None
     return FixedBoundaries(m.num_layers, list(m.fixed_periods), m.fixed_source)
+
+
+def warmup_factor(step: int, warmup_steps: int) -> float:
+    """The learning rate's factor at optimiser step ``step`` (from 0): (step + 1) / warmup_steps
+    up to 1; 1 without a warm-up."""
+    return min(1.0, (step + 1) / warmup_steps) if warmup_steps > 0 else 1.0
 
 
 class LitBase(L.LightningModule):
@@ -152,6 +160,31 @@ class LitBase(L.LightningModule):
         if self._plateau_state is not None:
             self.plateau.load_state_dict(self._plateau_state)
         return optimizer
+
+    def optimizer_step(
+        self, epoch: int, batch_idx: int, optimizer: Any, optimizer_closure: Any = None
+    ) -> None:
+        """Adam's step, with ``optim.warmup_steps`` (the learning rate scaled for this step
+        only, so the plateau schedule and a resume see the configured one) and
+        ``optim.z_lr_scale`` (the z rows' part of the update scaled after the step: exact for
+        Adam, whose update is proportional to the learning rate)."""
+        o = self.config.optim
+        warmup = warmup_factor(self.trainer.global_step, o.warmup_steps)
+        rows = []
+        if o.z_lr_scale != 1.0 and hasattr(self.model.rnn, "z_rows"):
+            rows = [(p, r, p.detach()[r].clone()) for _, p, r in self.model.rnn.z_rows()]
+        lrs = [group["lr"] for group in optimizer.param_groups]
+        if warmup < 1.0:
+            for group in optimizer.param_groups:
+                group["lr"] = group["lr"] * warmup
+        try:
+            optimizer.step(closure=optimizer_closure)
+        finally:
+            for group, lr in zip(optimizer.param_groups, lrs, strict=True):
+                group["lr"] = lr
+        with torch.no_grad():
+            for p, r, before in rows:  # before + scale * (after - before)
+                p[r].lerp_(before, 1.0 - o.z_lr_scale)
 
     def window_metrics(self) -> dict[str, Metric]:
         """The training metrics accumulated between two log rows (subclasses add their loss

@@ -275,6 +275,33 @@ def test_slope_is_a_persistent_buffer() -> None:
     assert other.slope.item() == 3.0
 
 
+def test_z_bias_init_sets_the_z_rows_bias_and_how_often_detectors_fire() -> None:
+    torch.manual_seed(0)
+    rnn = HMLSTM(H_IN, H, 3, z_bias_init=[-4.0, 4.0])
+    assert rnn.bias_l0[4 * H].item() == -4.0 and rnn.bias_l1[4 * H].item() == 4.0
+    assert rnn.gate_rows(2) == 4 * H  # the top layer has no z row
+    assert torch.equal(rnn.bias_l0[: 4 * H], make_default_bias())
+    _, _, z = rnn(torch.randn(20, 3, H_IN) * 0.1)
+    assert z[..., 0].mean() < 0.2 and z[..., 1].mean() > 0.8
+    assert "z_bias_init=[-4.0, 4.0]" in repr(rnn)
+    assert HMLSTM(H_IN, H, 3, z_bias_init=2.0).z_bias_init == (2.0, 2.0)
+    assert [name for name, _, _ in HMLSTM(H_IN, H, 2, layer_norm=True).z_rows()] == [
+        "weight_ih_l0",
+        "weight_hh_l0",
+        "weight_td_l0",
+        "bias_l0",
+        "ln_ih_l0",
+        "ln_hh_l0",
+        "ln_td_l0",
+    ]
+
+
+def make_default_bias() -> Tensor:
+    bias = torch.zeros(4 * H)
+    bias[H : 2 * H] = 1.0
+    return bias
+
+
 # ----------------------------------------------------------------------------- bad args
 @pytest.mark.parametrize(
     ("kwargs", "message"),
@@ -282,6 +309,7 @@ def test_slope_is_a_persistent_buffer() -> None:
         ({"boundary": "gumbel"}, r"model.boundary='gumbel' is not a valid choice"),
         ({"num_layers": 0}, "num_layers must be an integer >= 1"),
         ({"hidden_size": 0}, "hidden_size must be a positive integer"),
+        ({"z_bias_init": [1.0]}, r"z_bias_init needs one value per detector layer \(2\)"),
     ],
 )
 def test_bad_constructor_arguments(kwargs: dict, message: str) -> None:
