@@ -6,7 +6,10 @@ hard sigmoid's window, first and last logged, from the ``diag/`` metrics).
     python benchmarks/hierarchy_summary.py runs/sweeps/hierarchy_lr [more sweep folders]
 
 Prints a Markdown table (the run folders' results.json and csv/metrics.csv; the sweep's
-sweep.json names what was swept).
+sweep.json names what was swept), then one line per setting over its seeds: how many seeds end
+with layer 2 sparse (firing on 2-30 % of test steps) and how many meet issue 18's criteria
+(layer 1's F1 against word ends >= 0.8 at tolerance 0; layer 2 sparse with F1 against phrase
+ends >= 0.5 at tolerance 0), with the mean and range of test BPC and of the two F1 scores.
 """
 
 from __future__ import annotations
@@ -15,6 +18,9 @@ import csv
 import json
 import sys
 from pathlib import Path
+
+SPARSE = (0.02, 0.30)  # layer 2's firing rate that counts as sparse (issue 18)
+WORD_F1, PHRASE_F1 = 0.8, 0.5  # issue 18's criteria, at tolerance 0
 
 
 def swept(folder: Path) -> dict[str, dict[str, str]]:
@@ -48,7 +54,43 @@ def f1(boundaries: dict, key: str) -> str:
     return fmt(boundaries.get(key, {}).get("f1"))
 
 
+def spread(values: list[float], digits: int = 2) -> str:
+    """``mean (min-max)`` of the values that are known."""
+    known = [v for v in values if v is not None]
+    if not known:
+        return "-"
+    mean = sum(known) / len(known)
+    return f"{mean:.{digits}f} ({min(known):.{digits}f}-{max(known):.{digits}f})"
+
+
+def by_setting(rows: list[dict]) -> list[str]:
+    """One line per sweep and setting (the swept values but the seed) over its runs."""
+    cells: dict[tuple[str, str], list[dict]] = {}
+    for row in rows:
+        cells.setdefault(row["setting"], []).append(row)
+    lines = [
+        "| sweep | settings | seeds | test BPC | layer 2 sparse | meets criteria "
+        "| F1 word l1 tol 0 | F1 phrase l2 tol 0 |",
+        "|---|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for (sweep, setting), runs in sorted(cells.items()):
+        sparse = [
+            r for r in runs if r["rate2"] is not None and SPARSE[0] <= r["rate2"] <= SPARSE[1]
+        ]
+        meets = [
+            r for r in sparse if (r["word"] or 0) >= WORD_F1 and (r["phrase"] or 0) >= PHRASE_F1
+        ]
+        lines.append(
+            f"| {sweep} | {setting or '(default)'} | {len(runs)} "
+            f"| {spread([r['bpc'] for r in runs], 3)} | {len(sparse)} | {len(meets)} "
+            f"| {spread([r['word'] for r in runs])} "
+            f"| {spread([r['phrase'] for r in runs])} |"
+        )
+    return lines
+
+
 def main() -> None:
+    rows = []
     lines = [
         "| run | settings | test BPC | rate l1 / l2 | F1 word l1 (tol 0 / 1) "
         "| F1 phrase l2 (tol 0 / 1) | s_z l2 mean first / last | in window l2 first / last |",
@@ -61,7 +103,8 @@ def main() -> None:
             results = json.loads((run_dir / "results.json").read_text())
             m, b = results["metrics"], results.get("boundaries", {})
             run_id = run_dir.name.rsplit("-", 1)[-1]
-            setting = ", ".join(f"{k}={v}" for k, v in settings.get(run_id, {}).items())
+            values = settings.get(run_id, {})
+            setting = ", ".join(f"{k}={v}" for k, v in values.items())
             metrics = run_dir / "csv" / "metrics.csv"
             mean = diag_ends(metrics, "diag/sz_mean_l2")
             window = diag_ends(metrics, "diag/sz_linear_l2")
@@ -73,7 +116,19 @@ def main() -> None:
                 f"| {f1(b, 'l2/phrase/tol0')} / {f1(b, 'l2/phrase/tol1')} "
                 f"| {fmt(mean[0])} / {fmt(mean[1])} | {fmt(window[0])} / {fmt(window[1])} |"
             )
-    print("\n".join(lines))
+            rows.append(
+                {
+                    "setting": (
+                        folder.name,
+                        ", ".join(f"{k}={v}" for k, v in values.items() if k != "seed"),
+                    ),
+                    "bpc": m.get("test/bpc"),
+                    "rate2": m.get("test/z_rate_l2"),
+                    "word": b.get("l1/word/tol0", {}).get("f1"),
+                    "phrase": b.get("l2/phrase/tol0", {}).get("f1"),
+                }
+            )
+    print("\n".join([*lines, "", *by_setting(rows)]))
 
 
 if __name__ == "__main__":
