@@ -108,10 +108,10 @@ def test_the_hierarchy_summary_reads_a_sweeps_runs(tmp_path: Path) -> None:
     assert done.returncode == 0, done.stderr
     lines = done.stdout.splitlines()
     assert (
-        "| abc123 | optim.lr=0.001, seed=1 | 1.234 | 0.70 / 0.10 | 0.42 / - | - / 0.33 "
+        "| abc123 | optim.lr=0.001, seed=1 | 1.234 | 0.70 / 0.10 | 0.42 / - | - / 0.33 | - "
         "| -0.50 / -4.00 | 0.90 / 0.00 |"
     ) in lines
     assert lines[-1] == (
         "| sweep | optim.lr=0.001 | 3 | 1.111 (1.000-1.234) | 2 | 1 | 0.72 (0.42-0.90) "
-        "| 0.65 (0.60-0.70) |"
+        "| 0.65 (0.60-0.70) | - |"
     )

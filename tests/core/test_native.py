@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import itertools
 import logging
+import os
 import shutil
+import sys
 
 import pytest
 import torch
@@ -130,6 +132,20 @@ def test_a_failed_build_falls_back_to_torch_operations(monkeypatch, caplog) -> N
     rnn.native = True
     assert not LoopSpec.of(rnn, True, x.device, x.dtype).native
     torch.testing.assert_close(rnn(x)[0].detach(), want, rtol=0, atol=0)
+
+
+def test_the_build_runs_the_interpreters_own_ninja(monkeypatch, tmp_path) -> None:
+    """torch runs the ninja PATH finds first; ninja versions record commands differently, so the
+    build always takes the one beside the interpreter (pip's), whatever PATH says."""
+    (tmp_path / "ninja").write_text("")
+    monkeypatch.setattr(sys, "executable", str(tmp_path / "python"))
+    monkeypatch.setenv("PATH", "/usr/bin")
+    with native._own_ninja():
+        assert os.environ["PATH"] == f"{tmp_path}{os.pathsep}/usr/bin"
+    assert os.environ["PATH"] == "/usr/bin"
+    (tmp_path / "ninja").unlink()  # none there: PATH as it is
+    with native._own_ninja():
+        assert os.environ["PATH"] == "/usr/bin"
 
 
 def test_environment_variable_turns_the_cell_off(monkeypatch) -> None:

@@ -19,12 +19,14 @@ in Triton's interpreter, for tests only (``HMLSTM.native = "triton"``).
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import os
 import platform
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
 
@@ -78,6 +80,25 @@ def _name(flags: list[str]) -> str:
     return f"hmrnn_cell_{hashlib.sha1(key).hexdigest()[:12]}"
 
 
+@contextlib.contextmanager
+def _own_ninja() -> Iterator[None]:
+    """PATH with this interpreter's scripts folder first while building, where pip installed
+    ninja (a dependency): torch runs whichever ``ninja`` PATH finds, and ninja versions record
+    their commands differently, so a run from an activated virtualenv (its ninja) and one of
+    ``.venv/bin/python`` with the system's ninja first each rebuilt the other's build (found
+    with the sweep runner, whose runs put the virtualenv on PATH: 25-60 s a run)."""
+    scripts = Path(sys.executable).parent
+    path = os.environ.get("PATH", "")
+    if not (scripts / "ninja").is_file():
+        yield
+        return
+    os.environ["PATH"] = os.pathsep.join([str(scripts), path])
+    try:
+        yield
+    finally:
+        os.environ["PATH"] = path
+
+
 def kernels() -> ModuleType | None:
     """The built extension, building it on the first call; None where it cannot be built or is
     turned off."""
@@ -93,12 +114,13 @@ def kernels() -> ModuleType | None:
         from torch.utils.cpp_extension import load
 
         log.info("loading the fused C++ cell (built on first use: 25-40 s here, then cached)")
-        _module = load(
-            name=_name(flags),
-            sources=[str(SOURCE)],
-            extra_cflags=flags,
-            verbose=False,
-        )
+        with _own_ninja():
+            _module = load(
+                name=_name(flags),
+                sources=[str(SOURCE)],
+                extra_cflags=flags,
+                verbose=False,
+            )
     except Exception as error:  # no compiler, no ninja, headers missing: the torch loop runs
         log.warning(
             "the fused C++ cell could not be built (%s); the loop runs torch operations "
