@@ -46,6 +46,10 @@ class ModelConfig:
     """Give the top layer a boundary detector (not in the paper; HM-LSTM only)."""
     grad_through_ops: bool = True
     """Straight-through gradient also through the COPY/UPDATE/FLUSH masks (HM-LSTM only)."""
+    detector_input_grad: bool = True
+    """The boundary detectors' pre-activations pass their gradient to their inputs (the h's and
+    the input), as in the paper; false: only to the z rows' own weights, bias and layer-norm
+    gains (HM-LSTM only; not in the paper: docs/hierarchy.md)."""
     z_bias_init: list[float] = field(default_factory=list)
     """Initial bias of the boundary detectors' z rows, one per detector layer (bottom first);
     empty: 0 for all (model.md §5). Positive starts a detector firing on most steps (HM-LSTM

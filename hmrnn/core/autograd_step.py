@@ -128,10 +128,15 @@ def input_projection(rnn: HMLSTM, input: Tensor) -> tuple[Tensor, ...]:
     """Layer 0's bottom-up term W x_t + b for all steps in one multiply: T x (B, G_0)."""
     T, B, _ = input.shape
     weight, bias = rnn.param("weight_ih", 0), rnn.param("bias", 0)
-    if rnn.layer_norm:
-        proj = layer_norm(input.reshape(T * B, -1) @ weight.t(), rnn.param("ln_ih", 0)) + bias
+    x = input.reshape(T * B, -1)
+    if rnn.has_detector(0) and not rnn.detector_input_grad:  # the z row reads x detached
+        z = 4 * rnn.hidden_size
+        P = torch.cat([x @ weight[:z].t(), x.detach() @ weight[z:].t()], dim=1)
+        proj = (layer_norm(P, rnn.param("ln_ih", 0)) if rnn.layer_norm else P) + bias
+    elif rnn.layer_norm:
+        proj = layer_norm(x @ weight.t(), rnn.param("ln_ih", 0)) + bias
     else:
-        proj = torch.addmm(bias, input.reshape(T * B, -1), weight.t())
+        proj = torch.addmm(bias, x, weight.t())
     return proj.view(T, B, -1).unbind(0)
 
 
@@ -213,11 +218,25 @@ def preactivation(
     if l > 0:
         inputs.append(below)
         gates.append(z_below)
+    cut = rnn.has_detector(l) and not rnn.detector_input_grad
+    z = 4 * rnn.hidden_size  # the z row's column
     if not rnn.layer_norm:
         gated = [x if zg is None else zg * x for x, zg in zip(inputs, gates, strict=True)]
         base = below if l == 0 else rnn.param("bias", l)
-        return torch.addmm(base, torch.cat(gated, dim=1), weight)
-    proj = torch.bmm(torch.stack(inputs), weight)  # (n, B, G)
+        X = torch.cat(gated, dim=1)
+        if not cut:
+            return torch.addmm(base, X, weight)
+        # the z column: each projection of its input detached, then gated (the gates are not
+        # the projections' inputs: as the reference); layer 0's `below` is cut already
+        s_z, row = 0.0, 0
+        for x, zg in zip(inputs, gates, strict=True):
+            part = x.detach() @ weight[row : row + x.size(1), z:]
+            s_z, row = s_z + (part if zg is None else zg * part), row + x.size(1)
+        return base + torch.cat([X @ weight[:, :z], s_z], dim=1)
+    stacked = torch.stack(inputs)
+    proj = torch.bmm(stacked, weight)  # (n, B, G)
+    if cut:
+        proj = torch.cat([proj[..., :z], torch.bmm(stacked.detach(), weight[..., z:])], dim=-1)
     names = ["hh", "td"][: 1 + int(above is not None)] + (["ih"] if l > 0 else [])
     s = below if l == 0 else rnn.param("bias", l)
     for k, (name, zg) in enumerate(zip(names, gates, strict=True)):

@@ -74,6 +74,10 @@ class HMLSTM(nn.Module):
         grad_through_ops: let the straight-through gradient reach z through the choice of
             operation (the mask products); ``False`` detaches the masks (the ``where`` form).
         batch_first: inputs and outputs are (B, T, ...) instead of (T, B, ...).
+        detector_input_grad: the detectors' pre-activations pass their gradient to their
+            inputs (the h's below, beside and above, and x), as in the paper; ``False`` keeps it
+            to the z rows' own weights, bias and layer-norm gains (the z rows read their inputs
+            detached: not in the paper, docs/hierarchy.md).
         z_bias_init: the initial bias of the z rows, one number for every detector or one per
             detector layer (bottom first); 0 (model.md §5) by default. Positive values start a
             detector firing on most steps, negative ones on few (docs/hierarchy.md).
@@ -120,6 +124,7 @@ class HMLSTM(nn.Module):
         grad_through_ops: bool = True,
         batch_first: bool = False,
         z_bias_init: float | Sequence[float] = 0.0,
+        detector_input_grad: bool = True,
     ) -> None:
         super().__init__()
         for name, value in (("input_size", input_size), ("hidden_size", hidden_size)):
@@ -136,6 +141,7 @@ class HMLSTM(nn.Module):
         self.top_layer_boundary = top_layer_boundary
         self.grad_through_ops = grad_through_ops
         self.batch_first = batch_first
+        self.detector_input_grad = detector_input_grad
         n_detectors = sum(self.has_detector(l) for l in range(num_layers))
         if isinstance(z_bias_init, (int, float)):
             z_bias_init = [float(z_bias_init)] * n_detectors
@@ -267,6 +273,7 @@ class HMLSTM(nn.Module):
             f"top_layer_boundary={self.top_layer_boundary}, "
             f"grad_through_ops={self.grad_through_ops}, batch_first={self.batch_first}"
             + (f", z_bias_init={list(self.z_bias_init)}" if any(self.z_bias_init) else "")
+            + ("" if self.detector_input_grad else ", detector_input_grad=False")
         )
 
     # ------------------------------------------------------------------------------- checks

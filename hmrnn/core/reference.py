@@ -39,8 +39,12 @@ def reference_forward(
     estimator = rnn.estimator  # the object every path calls (hmrnn.registry.ESTIMATORS)
 
     def project(kind: str, l: int, x: Tensor) -> Tensor:
-        """One projection, layer-normalised on its own when layer norm is on."""
-        out = x @ rnn.param(f"weight_{kind}", l).t()
+        """One projection, layer-normalised on its own when layer norm is on; with
+        ``detector_input_grad=False`` its z row reads ``x`` detached."""
+        weight = rnn.param(f"weight_{kind}", l)
+        out = x @ weight.t()
+        if rnn.has_detector(l) and not rnn.detector_input_grad:
+            out = torch.cat([x @ weight[: 4 * H].t(), x.detach() @ weight[4 * H :].t()], dim=1)
         if rnn.layer_norm:
             out = layer_norm(out, rnn.param(f"ln_{kind}", l))
         return out

@@ -27,6 +27,7 @@ def rnn_options(config: Config) -> dict[str, Any]:
             "boundary": m.boundary,
             "top_layer_boundary": m.top_layer_boundary,
             "grad_through_ops": m.grad_through_ops,
+            "detector_input_grad": m.detector_input_grad,
         }
         if m.z_bias_init:
             options["z_bias_init"] = list(m.z_bias_init)

@@ -87,3 +87,52 @@ def test_reference_agrees_in_batch_first_mode() -> None:
             a if isinstance(a, tuple) else (a,), b if isinstance(b, tuple) else (b,), strict=True
         ):
             torch.testing.assert_close(u, v, rtol=1e-9, atol=1e-10)
+
+
+@pytest.mark.parametrize(
+    ("boundary", "layer_norm", "top_layer_boundary", "grad_through_ops"), VARIANTS
+)
+@pytest.mark.parametrize("native", [True, False], ids=["native", "torch_ops"])
+def test_detector_input_grad_off_equals_the_reference(
+    boundary, layer_norm, top_layer_boundary, grad_through_ops, native
+) -> None:
+    """``detector_input_grad=False``: the z rows' projections read their inputs detached (the
+    gates that multiply them still pass gradients). Same outputs as with it on; the inputs'
+    gradients differ, and the fused loop and the autograd path equal the reference."""
+    torch.manual_seed(0)
+    options = dict(
+        layer_norm=layer_norm,
+        boundary=boundary,
+        top_layer_boundary=top_layer_boundary,
+        grad_through_ops=grad_through_ops,
+    )
+    on = HMLSTM(H_IN, H, 3, **options).double()
+    off = HMLSTM(H_IN, H, 3, detector_input_grad=False, **options).double()
+    with torch.no_grad():
+        on.slope.fill_(1.7)
+        for l in range(3):
+            on.param("bias", l).uniform_(-0.5, 0.5)
+            on.param("bias", l)[4 * H :] = 0.05  # detectors inside the window
+    off.load_state_dict(on.state_dict())
+    x = torch.randn(T, B, H_IN).double().requires_grad_()
+    state = HMLSTMState(
+        torch.randn(3, B, H).double().requires_grad_(),
+        torch.randn(3, B, H).double().requires_grad_(),
+        torch.randint(0, 2, (3, B)).double(),
+    )
+    fast = lambda r, *a: r(*a)  # noqa: E731
+    off.native = native
+    got, got_grads = run_and_grad(fast, off, x, state, None, seed=1)
+    want, want_grads = run_and_grad(reference_forward, off, x, state, None, seed=1)
+    off.fused = False
+    autograd, autograd_grads = run_and_grad(fast, off, x, state, None, seed=1)
+    paper, paper_grads = run_and_grad(reference_forward, on, x, state, None, seed=1)
+    for a, b, c, d in zip(got, want, autograd, paper, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-10)
+        torch.testing.assert_close(c, b, rtol=1e-9, atol=1e-10)
+        torch.testing.assert_close(d, b, rtol=1e-9, atol=1e-10)
+    for a, b, c in zip(got_grads, want_grads, autograd_grads, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-8, atol=1e-8)
+        torch.testing.assert_close(c, b, rtol=1e-8, atol=1e-8)
+    assert not torch.allclose(want_grads[-3], paper_grads[-3])  # d loss / d x changed
+    assert "detector_input_grad=False" in repr(off)

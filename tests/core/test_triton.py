@@ -116,6 +116,19 @@ def test_every_variant_equals_the_reference(
 
 
 @pytest.mark.parametrize("layer_norm", [False, True])
+def test_detector_input_grad_off_equals_the_reference(layer_norm) -> None:
+    """The z rows' input gradients cut (their column of the backward weights zeroed, the gates'
+    share added back): as the reference."""
+    rnn = make(3, layer_norm=layer_norm, detector_input_grad=False)
+    rnn.native = "triton"
+    x, state, _ = inputs(3)
+    got, got_grads = outputs_and_grads(fast, rnn, x, state, None)
+    want, want_grads = outputs_and_grads(reference_forward, rnn, x, state, None)
+    for a, b in zip(got + got_grads, want + want_grads, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-8, atol=1e-8)
+
+
+@pytest.mark.parametrize("layer_norm", [False, True])
 def test_one_layer_equals_the_reference(layer_norm) -> None:
     """A single layer: the first layer is also the top one (no top-down input)."""
     rnn = make(1, layer_norm=layer_norm, top_layer_boundary=True, grad_through_ops=True)

@@ -85,7 +85,9 @@ class _Sequence(torch.autograd.Function):
     ) -> LoopOutputs:
         (T, B, _) = bottom_up.shape
         weights, biases, gains, norm_c = LoopWeights.unflat(spec.K, spec.layer_norm, params)
-        matmuls = step_matmuls(weights, B, pack=T >= PACK_FROM, dtype=spec.mm_dtype)
+        matmuls = step_matmuls(
+            weights, B, pack=T >= PACK_FROM, dtype=spec.mm_dtype, cut_z=_cut_z(spec)
+        )
         norm = None if gains is None or norm_c is None else (gains, norm_c)
         loop = Loop(spec, bottom_up, (h0, c0, z0), imposed, matmuls, biases, keep=True, norm=norm)
         loop.run()
@@ -173,7 +175,7 @@ def run_loop(
     if torch.is_grad_enabled() and any(x.requires_grad for x in tensors):
         weights = module_loop_weights(rnn, input.device)
         args = (state.h, state.c, state.z, imposed, *weights.flat())
-        bottom_up = _mm_dtype(weights.bottom_up(input), spec)
+        bottom_up = _mm_dtype(weights.bottom_up(input, cut_z=_cut_z(spec)[0]), spec)
         with _autocast_off(device_type, low):
             return _Sequence.apply(spec, bottom_up, *args)
 
@@ -189,6 +191,12 @@ def run_loop(
         loop = Loop(spec, bottom_up, state, imposed, matmuls, weights.biases, False, norm)
         loop.run()
         return loop.outputs()
+
+
+def _cut_z(spec: LoopSpec) -> list[bool]:
+    """Per layer: whether its z row passes no gradient to its inputs
+    (``detector_input_grad=False`` and a detector)."""
+    return [d and not spec.detector_input_grad for d in spec.detector]
 
 
 def _autocast_off(device_type: str, low: torch.dtype | None) -> AbstractContextManager:

@@ -178,11 +178,40 @@ class Backward:
         gx = loop.matmuls[l][0].backward(ds)
         above = self._h_at(t - 1, l + 1) if spec.top_down[l] else None
         below = loop.hidden_t[l - 1][t] if l > 0 else None
+        if loop.matmuls[l][0].backward_wt is not None:  # detector_input_grad=False
+            g_flush, g_zin = self._gates_through_z(l, ds, above, below, z_in, g_flush, g_zin)
         blocks = [gx] if spec.native else list(gx.split(H, dim=1))
         ops.scatter(
             spec, l, blocks, carry, self.g_h, self.g_z, above, below, z_prev, z_in, g_zin,
             g_flush,
         )  # fmt: skip
+
+    def _gates_through_z(
+        self,
+        l: int,
+        ds: Tensor,
+        above: Tensor | None,
+        below: Tensor | None,
+        z_in: Tensor | None,
+        g_flush: Tensor | None,
+        g_zin: Tensor | None,
+    ) -> tuple[Tensor | None, Tensor | None]:
+        """With the z row's input gradients cut (its column of the backward weight zeroed), what
+        the gates z_{t-1}^l (top-down) and z_t^{l-1} (bottom-up) still get through it: d s_z
+        times the z row's projection of the gated input, added to ``g_flush`` (which joins
+        d z_{t-1}^l) and ``g_zin`` (which joins d z_t^{l-1})."""
+        H, wz = self.spec.H, self.loop.matmuls[l][0].wt[:, -1]
+        d_sz = ds[:, -1:]
+        block = 1
+        if above is not None:
+            part = d_sz * (above @ wz[H : 2 * H].to(above.dtype)).unsqueeze(1)
+            g_flush = part if g_flush is None else g_flush + part
+            block = 2
+        if below is not None and z_in is not None:
+            w = wz[block * H : (block + 1) * H].to(below.dtype)
+            part = d_sz * (below @ w).unsqueeze(1)
+            g_zin = part if g_zin is None else g_zin + part
+        return g_flush, g_zin
 
     def _normed_step(
         self, t: int, l: int, g_hl: Tensor, g_zl: Tensor | None, g_h2: Tensor | None = None
@@ -226,7 +255,7 @@ class Backward:
         """Layer l's projection weights transposed and stacked, (n, G, H): d loss / d P of a
         step (n, B, G) times it is the inputs' gradients (n, B, H), in one launch."""
         if l not in self.stacked:
-            self.stacked[l] = torch.stack([mm.wt.t() for mm in self.loop.matmuls[l]])
+            self.stacked[l] = torch.stack([mm.backward_weight().t() for mm in self.loop.matmuls[l]])
         return self.stacked[l]
 
     def _normed_weight_grads(self, start: int, stop: int) -> None:

@@ -53,6 +53,7 @@ class LoopSpec:
     grad_mode: int = 0  # its d z: 0 the estimator's grad(), 1 straight-through, 2 soft
     mm_dtype: torch.dtype | None = None  # under autocast: the multiplies' dtype (bf16); the
     # state, the cell's arithmetic and the gradients stay in the input's dtype
+    detector_input_grad: bool = True  # False: the z rows pass no gradient to their inputs
     slope_tensor: Tensor | None = field(default=None, compare=False, repr=False)  # the
     # module's slope buffer: the Triton cell reads it on the device (CUDA graphs see updates)
 
@@ -89,6 +90,7 @@ class LoopSpec:
             training=training,
             grad_through_ops=rnn.grad_through_ops,
             slope=rnn.slope_value(),
+            detector_input_grad=rnn.detector_input_grad,
             skip_copy=skip_copy,
             layer_norm=rnn.layer_norm,
             slope_tensor=rnn.slope if modes.get("triton", False) else None,

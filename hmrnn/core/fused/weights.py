@@ -9,6 +9,7 @@ weights packed once per call, 1.2-1.5x faster than the default GEMM for these sh
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 import torch
@@ -46,6 +47,7 @@ class StepMatmul:
 
     def __init__(self, wt: Tensor, batch_size: int, pack: bool = True) -> None:
         self.wt = wt
+        self.backward_wt: Tensor | None = None  # what backward() multiplies by, if not wt
         self.batch_size = batch_size
         self.onednn = pack and onednn_usable(wt)
         self._forward_packed: Tensor | None = None
@@ -92,14 +94,21 @@ class StepMatmul:
         for block in self._blocks.values():
             block.drop_forward()
 
+    def backward_weight(self) -> Tensor:
+        """The (N, G) weight the input gradients are multiplied by: ``wt``, or with
+        ``detector_input_grad=False`` ``wt`` with its z column zeroed
+        (:func:`step_matmuls`)."""
+        return self.wt if self.backward_wt is None else self.backward_wt
+
     def backward(self, g: Tensor) -> Tensor:
-        """g (M, G) -> g @ wt.T (M, N)."""
+        """g (M, G) -> g @ backward_weight().T (M, N)."""
+        wt = self.backward_weight()
         if self.onednn and self._backward_packed is None:
-            self._backward_packed = self._pack(self.wt)
+            self._backward_packed = self._pack(wt)
         if self.onednn:
             packed = self._backward_packed
             return torch.ops.mkldnn._linear_pointwise(g, packed, None, "none", [], "")
-        return g.to(self.wt.dtype) @ self.wt.t()
+        return g.to(wt.dtype) @ wt.t()
 
 
 def gate_order(H: int, G: int, device: torch.device) -> Tensor:
@@ -132,12 +141,18 @@ class LoopWeights(NamedTuple):
     gains: list[Tensor] | None = None
     norm_c: list[tuple[Tensor, Tensor]] | None = None
 
-    def bottom_up(self, input: Tensor) -> Tensor:
+    def bottom_up(self, input: Tensor, cut_z: bool = False) -> Tensor:
         """Layer 0's W x_t + b for every step in one multiply: (T, B, H_in) -> (T, B, G_0);
-        with layer norm, the normalised projection times its gain, plus b."""
+        with layer norm, the normalised projection times its gain, plus b. ``cut_z``: the z
+        column (the last) reads the input detached (``detector_input_grad=False``)."""
         T, B, _ = input.shape
         x = input.reshape(T * B, -1)
-        if self.input_gain is None:
+        if cut_z:
+            W = self.input_weight
+            P = torch.cat([x @ W[:, :-1], x.detach() @ W[:, -1:]], dim=1)
+            out = P if self.input_gain is None else layer_norm(P, self.input_gain)
+            out = out + self.input_bias
+        elif self.input_gain is None:
             out = torch.addmm(self.input_bias, x, self.input_weight)
         else:
             out = layer_norm(x @ self.input_weight, self.input_gain) + self.input_bias
@@ -240,16 +255,24 @@ def step_matmuls(
     batch_size: int,
     pack: bool = True,
     dtype: torch.dtype | None = None,
+    cut_z: Sequence[bool] = (),
 ) -> list[list[StepMatmul]]:
     """Per layer the step multiplies: one over the concatenated inputs (a 2-d step weight), or
     one per projection (layer norm: (n, H, G)); with ``dtype`` (mixed precision) the weights
-    are cast to it once, here."""
+    are cast to it once, here. Layers l with ``cut_z[l]`` multiply the input gradients by the
+    weight with its z column (the last) zeroed: their z rows pass no gradient to the inputs
+    (``detector_input_grad=False``), the weight gradients are unchanged."""
     out = []
-    for w in step_weights:
+    for l, w in enumerate(step_weights):
         if dtype is not None:
             w = w.to(dtype)
         blocks = w.unbind(0) if w.dim() == 3 else [w]
-        out.append([StepMatmul(b, batch_size, pack) for b in blocks])
+        matmuls = [StepMatmul(b, batch_size, pack) for b in blocks]
+        if l < len(cut_z) and cut_z[l]:
+            for mm in matmuls:
+                mm.backward_wt = mm.wt.detach().clone()
+                mm.backward_wt[:, -1] = 0
+        out.append(matmuls)
     return out
 
 
