@@ -53,16 +53,21 @@ class Taps:
     - ``top_down``: z_{t-1}^l gating h_{t-1}^{l+1} in layer l's pre-activation;
     - ``bottom_up``: z_t^l gating h_t^l in layer l+1's pre-activation.
 
-    ``preacts[l]`` and ``uses[l][path]`` are lists over steps; ``zs[l]`` the z_t^l produced.
+    ``preacts[l]`` and ``uses[l][path]`` are lists over steps; ``zs[l]`` the z_t^l produced;
+    ``terms[l][source]`` (detached) s_z's part from each source (:func:`z_terms`).
     """
 
     PATHS = ("masks", "top_down", "bottom_up")
+    SOURCES = ("recurrent", "top_down", "bottom_up")
 
     def __init__(self, num_layers: int) -> None:
         self.preacts: list[list[Tensor]] = [[] for _ in range(num_layers)]
         self.zs: list[list[Tensor]] = [[] for _ in range(num_layers)]
         self.uses: list[dict[str, list[Tensor]]] = [
             {path: [] for path in self.PATHS} for _ in range(num_layers)
+        ]
+        self.terms: list[dict[str, list[Tensor]]] = [
+            {source: [] for source in self.SOURCES} for _ in range(num_layers)
         ]
 
     def use(self, l: int, path: str, z: Tensor) -> Tensor:
@@ -172,6 +177,9 @@ def cell(
     s_z = s[:, 4 * H :]
     if taps is not None and rnn.has_detector(l):
         taps.preacts[l].append(s_z)
+        parts = z_terms(rnn, l, weight, h_prev, z_gate, above, below, z_below_gate)
+        for source, part in parts.items():
+            taps.terms[l][source].append(part)
     i = torch.sigmoid(s[:, :H])
     f = torch.sigmoid(s[:, H : 2 * H])
     g = torch.tanh(s[:, 2 * H : 3 * H])
@@ -197,6 +205,45 @@ def cell(
     c = torch.addcmul((update * f + copy) * c_prev, act, i * g)
     h = torch.addcmul(copy * h_prev, act, o * torch.tanh(norm_c(rnn, l, c)))
     return h, c, z_new
+
+
+@torch.no_grad()
+def z_terms(
+    rnn: HMLSTM,
+    l: int,
+    weight: Tensor,
+    h_prev: Tensor,
+    z_prev: Tensor,
+    above: Tensor | None,
+    below: Tensor,
+    z_below: Tensor | None,
+) -> dict[str, Tensor]:
+    """s_z's part (B, 1) from each source, as :func:`preactivation` sums it: ``recurrent``
+    (W_hh h_{t-1}^l), ``top_down`` (z_{t-1}^l W_td h_{t-1}^{l+1}) and ``bottom_up``
+    (z_t^{l-1} W_ih h_t^{l-1}, layer 0's W_ih x_t), each layer-normalised and times its gain
+    with layer norm; the bias is the rest."""
+    z = slice(4 * rnn.hidden_size, 4 * rnn.hidden_size + 1)
+    bias = rnn.param("bias", l)[z]
+    inputs, gates, names = [h_prev], [None], ["recurrent"]
+    if above is not None:
+        inputs, gates, names = [*inputs, above], [*gates, z_prev], [*names, "top_down"]
+    if l > 0:
+        inputs, gates, names = [*inputs, below], [*gates, z_below], [*names, "bottom_up"]
+    out = {"bottom_up": below[:, z] - bias} if l == 0 else {}
+    if rnn.layer_norm:
+        proj = torch.bmm(torch.stack(inputs), weight)
+        kinds = ["hh", "td"][: 1 + int(above is not None)] + (["ih"] if l > 0 else [])
+        parts = [
+            layer_norm(p, rnn.param(f"ln_{k}", l))[:, z] for p, k in zip(proj, kinds, strict=True)
+        ]
+    else:
+        parts, row = [], 0
+        for x in inputs:
+            parts.append(x @ weight[row : row + x.size(1), z])
+            row += x.size(1)
+    for name, part, zg in zip(names, parts, gates, strict=True):
+        out[name] = part if zg is None else zg * part
+    return out
 
 
 def preactivation(

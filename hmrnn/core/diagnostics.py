@@ -8,6 +8,9 @@ as in the other boundary statistics):
 
 - ``z_rate``: the fraction of steps with z_t^l = 1 (the mean of z for soft boundaries);
 - ``sz_mean``, ``sz_std``: the z row's pre-activation s_z over rows and steps;
+- ``sz_recurrent``, ``sz_top_down``, ``sz_bottom_up``: the mean of s_z's part from each
+  source (the layer's own h_{t-1}, the layer above's gated h_{t-1}, the layer below's gated
+  h_t or the input; layer-normalised with layer norm); the bias is the rest of ``sz_mean``;
 - ``sz_linear``: the fraction of s_z in the hard sigmoid's linear region, |slope s_z| < 1,
   where the straight-through gradient is non-zero (outside it the detector gets nothing);
 - ``grad_sz``: mean |d loss / d s_z|, what reaches the detector's pre-activation (and from it
@@ -58,6 +61,9 @@ def boundary_diagnostics(rnn: HMLSTM, loss_of: Callable[[], Tensor]) -> dict[str
         out["z_rate" + name] = float(z.mean())
         out["sz_mean" + name] = float(sz.mean())
         out["sz_std" + name] = float(sz.std(correction=0))
+        for source, parts in taps.terms[l].items():
+            if parts:
+                out[f"sz_{source}" + name] = float(torch.cat(parts).mean())
         out["sz_linear" + name] = float(((slope * sz).abs() < 1).float().mean())
         out["grad_sz" + name] = _mean_abs(taps.preacts[l], grads)
         for path in Taps.PATHS:

@@ -93,6 +93,11 @@ DYNAMICS = [
     ("sz_std", "spread of s_z"),
     ("sz_linear", "fraction with |slope s_z| < 1"),
 ]
+SOURCES = [
+    ("sz_recurrent", "from the layer's own h"),
+    ("sz_top_down", "from the layer above (gated)"),
+    ("sz_bottom_up", "from the layer below or the input (gated)"),
+]
 GRADIENTS = [
     ("grad_sz", "mean |d loss / d s_z|"),
     ("grad_masks", "through the operation masks"),
@@ -102,8 +107,9 @@ GRADIENTS = [
 
 
 def diagnostic_figures(variants: list[Variant], K: int) -> dict[str, tuple[str, bytes]]:
-    """Per detector layer, its dynamics over training and the gradient reaching its z by path
-    (the ``diag/`` metrics of hmrnn.core.diagnostics), where the runs logged them."""
+    """Per detector layer, its dynamics over training, s_z's parts by source and the gradient
+    reaching its z by path (the ``diag/`` metrics of hmrnn.core.diagnostics), where the runs
+    logged them."""
     out: dict[str, tuple[str, bytes]] = {}
     for l in range(1, K + 1):
         png = plot_png(
@@ -113,6 +119,13 @@ def diagnostic_figures(variants: list[Variant], K: int) -> dict[str, tuple[str, 
         )
         if png:
             out[f"detector_l{l}.png"] = (f"Layer {l}'s detector", png)
+        png = plot_png(
+            variants,
+            [(f"diag/{key}_l{l}", label) for key, label in SOURCES],
+            f"Layer {l}: the mean of s_z's part from each input (the bias is the rest)",
+        )
+        if png:
+            out[f"sz_sources_l{l}.png"] = (f"Layer {l}'s s_z by source", png)
         png = plot_png(
             variants,
             [(f"diag/{key}_l{l}", label) for key, label in GRADIENTS],

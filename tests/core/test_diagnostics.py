@@ -65,6 +65,28 @@ def test_the_numbers_per_layer() -> None:
     assert found["z_rate_l1"] == pytest.approx(float((sz > 0).double().mean()))
 
 
+@pytest.mark.parametrize("layer_norm", [False, True])
+def test_the_parts_of_s_z_add_up_with_the_bias(layer_norm) -> None:
+    """sz_recurrent + sz_top_down + sz_bottom_up + the z row's bias = sz_mean, per layer and
+    per step; and the logged means are those of the parts."""
+    rnn = model(layer_norm=layer_norm)
+    x = torch.randn(7, 5, 4, dtype=torch.float64)
+    taps = Taps(3)
+    with rnn.tapped(taps):
+        rnn(x)
+    for l in range(2):
+        sources = taps.terms[l]
+        assert set(sources) == {"recurrent", "top_down", "bottom_up"}
+        for t, s_z in enumerate(taps.preacts[l]):
+            total = sum(sources[name][t] for name in sources) + rnn.param("bias", l)[4 * 8]
+            torch.testing.assert_close(total, s_z.detach())
+    found = boundary_diagnostics(rnn, lambda: rnn(x)[0].pow(2).mean())
+    for l in (1, 2):
+        parts = sum(found[f"sz_{name}_l{l}"] for name in Taps.SOURCES)
+        bias = float(rnn.param("bias", l - 1)[4 * 8])
+        assert parts + bias == pytest.approx(found[f"sz_mean_l{l}"])
+
+
 def test_diagnostics_leave_training_untouched() -> None:
     """No parameter gets a gradient, the random state is as before (a Bernoulli detector draws
     inside), and the module runs its fast loop again afterwards."""

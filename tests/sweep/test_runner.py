@@ -102,11 +102,12 @@ def assert_report(tmp_path: Path, runs: list[dict[str, Any]], models: list[str])
     assert f"{rows['model.name=hmlstm']['test_mean']:.3f}" in markdown
     assert "![Learning curves](learning_curves.png)" in markdown
     # the HM-LSTM's runs logged the detectors' diagnostics: per detector layer (2 of 3), its
-    # dynamics and its gradients by path
+    # dynamics, s_z's parts by source and its gradients by path
     assert "![Layer 1's detector](detector_l1.png)" in markdown
+    assert "![Layer 2's s_z by source](sz_sources_l2.png)" in markdown
     assert "![Layer 2's gradients by path](gradients_l2.png)" in markdown
     page = (out / "report.html").read_text()
-    assert page.count("data:image/png;base64,") == 2 + 2 * 2 and "<table>" in page
+    assert page.count("data:image/png;base64,") == 2 + 2 * 3 and "<table>" in page
     assert (out / "learning_curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
