@@ -223,27 +223,43 @@ def z_terms(
     (z_t^{l-1} W_ih h_t^{l-1}, layer 0's W_ih x_t), each layer-normalised and times its gain
     with layer norm; the bias is the rest."""
     z = slice(4 * rnn.hidden_size, 4 * rnn.hidden_size + 1)
-    bias = rnn.param("bias", l)[z]
-    inputs, gates, names = [h_prev], [None], ["recurrent"]
-    if above is not None:
-        inputs, gates, names = [*inputs, above], [*gates, z_prev], [*names, "top_down"]
-    if l > 0:
-        inputs, gates, names = [*inputs, below], [*gates, z_below], [*names, "bottom_up"]
-    out = {"bottom_up": below[:, z] - bias} if l == 0 else {}
+    inputs, gates, kinds = projection_inputs(l, h_prev, z_prev, above, below, z_below)
+    out = {"bottom_up": below[:, z] - rnn.param("bias", l)[z]} if l == 0 else {}
     if rnn.layer_norm:
         proj = torch.bmm(torch.stack(inputs), weight)
-        kinds = ["hh", "td"][: 1 + int(above is not None)] + (["ih"] if l > 0 else [])
-        parts = [
-            layer_norm(p, rnn.param(f"ln_{k}", l))[:, z] for p, k in zip(proj, kinds, strict=True)
-        ]
+        gains = [rnn.param(f"ln_{k}", l) for k in kinds]
+        parts = [layer_norm(p, g)[:, z] for p, g in zip(proj, gains, strict=True)]
     else:
         parts, row = [], 0
         for x in inputs:
             parts.append(x @ weight[row : row + x.size(1), z])
             row += x.size(1)
-    for name, part, zg in zip(names, parts, gates, strict=True):
-        out[name] = part if zg is None else zg * part
+    for kind, part, zg in zip(kinds, parts, gates, strict=True):
+        out[SOURCE_OF[kind]] = part if zg is None else zg * part
     return out
+
+
+SOURCE_OF = {"hh": "recurrent", "td": "top_down", "ih": "bottom_up"}
+"""A projection's kind (its parameters' infix) -> its name among :attr:`Taps.SOURCES`."""
+
+
+def projection_inputs(
+    l: int,
+    h_prev: Tensor,
+    z_prev: Tensor,
+    above: Tensor | None,
+    below: Tensor,
+    z_below: Tensor | None,
+) -> tuple[list[Tensor], list[Tensor | None], list[str]]:
+    """Layer l's projected inputs in the step weight's order, each one's gate (None: not
+    gated) and kind (``hh`` recurrent, ``td`` top-down, ``ih`` bottom-up; layer 0's bottom-up
+    term is computed before the loop)."""
+    inputs, gates, kinds = [h_prev], [None], ["hh"]
+    if above is not None:
+        inputs, gates, kinds = [*inputs, above], [*gates, z_prev], [*kinds, "td"]
+    if l > 0:
+        inputs, gates, kinds = [*inputs, below], [*gates, z_below], [*kinds, "ih"]
+    return inputs, gates, kinds
 
 
 def preactivation(
@@ -257,14 +273,7 @@ def preactivation(
     z_below: Tensor | None,
 ) -> Tensor:
     """s_t^l (B, G): one (batched) multiply over the gated inputs."""
-    inputs = [h_prev]
-    gates: list[Tensor | None] = [None]
-    if above is not None:
-        inputs.append(above)
-        gates.append(z_prev)
-    if l > 0:
-        inputs.append(below)
-        gates.append(z_below)
+    inputs, gates, names = projection_inputs(l, h_prev, z_prev, above, below, z_below)
     cut = rnn.has_detector(l) and not rnn.detector_input_grad
     z = 4 * rnn.hidden_size  # the z row's column
     if not rnn.layer_norm:
@@ -284,7 +293,6 @@ def preactivation(
     proj = torch.bmm(stacked, weight)  # (n, B, G)
     if cut:
         proj = torch.cat([proj[..., :z], torch.bmm(stacked.detach(), weight[..., z:])], dim=-1)
-    names = ["hh", "td"][: 1 + int(above is not None)] + (["ih"] if l > 0 else [])
     s = below if l == 0 else rnn.param("bias", l)
     for k, (name, zg) in enumerate(zip(names, gates, strict=True)):
         normed = layer_norm(proj[k], rnn.param(f"ln_{name}", l))

@@ -112,26 +112,18 @@ def diagnostic_figures(variants: list[Variant], K: int) -> dict[str, tuple[str, 
     logged them."""
     out: dict[str, tuple[str, bytes]] = {}
     for l in range(1, K + 1):
-        png = plot_png(
-            variants,
-            [(f"diag/{key}_l{l}", label) for key, label in DYNAMICS],
-            f"Layer {l}'s boundary detector: firing and the z row's pre-activation s_z",
-        )
-        if png:
-            out[f"detector_l{l}.png"] = (f"Layer {l}'s detector", png)
-        png = plot_png(
-            variants,
-            [(f"diag/{key}_l{l}", label) for key, label in SOURCES],
-            f"Layer {l}: the mean of s_z's part from each input (the bias is the rest)",
-        )
-        if png:
-            out[f"sz_sources_l{l}.png"] = (f"Layer {l}'s s_z by source", png)
-        png = plot_png(
-            variants,
-            [(f"diag/{key}_l{l}", label) for key, label in GRADIENTS],
-            f"Layer {l}: the gradient reaching z, by path (mean absolute value)",
-            log=True,
-        )
-        if png:
-            out[f"gradients_l{l}.png"] = (f"Layer {l}'s gradients by path", png)
+        figures = [  # file, caption, panels, title, log scale
+            ("detector", f"Layer {l}'s detector", DYNAMICS,
+             f"Layer {l}'s boundary detector: firing and the z row's pre-activation s_z", False),
+            ("sz_sources", f"Layer {l}'s s_z by source", SOURCES,
+             f"Layer {l}: the mean of s_z's part from each input (the bias is the rest)", False),
+            ("gradients", f"Layer {l}'s gradients by path", GRADIENTS,
+             f"Layer {l}: the gradient reaching z, by path (mean absolute value)", True),
+        ]  # fmt: skip
+        for name, caption, panels, title, log in figures:
+            png = plot_png(
+                variants, [(f"diag/{key}_l{l}", label) for key, label in panels], title, log=log
+            )
+            if png:
+                out[f"{name}_l{l}.png"] = (caption, png)
     return out
