@@ -1,7 +1,9 @@
 """One line per run of a hierarchy sweep (issue 18, docs/hierarchy.md): the swept settings, test
 BPC, the detectors' test firing rates and F1 against the true boundaries, and how layer 2's
 detector went over training (its z-row pre-activation's mean and the fraction of it inside the
-hard sigmoid's window, first and last logged, from the ``diag/`` metrics).
+hard sigmoid's window, first and last logged, from the ``diag/`` metrics), and each layer's updates
+per 270 steps (the paper's PTB measure: 270 / 56 / 9). Layer 2's phrase-level truth is the
+corpus's phrase ends on the synthetic corpus and its line ends (one sentence a line) on PTB-char.
 
     python benchmarks/hierarchy_summary.py runs/sweeps/hierarchy_lr [more sweep folders]
 
@@ -55,6 +57,22 @@ def f1(boundaries: dict, key: str) -> str:
     return fmt(boundaries.get(key, {}).get("f1"))
 
 
+def phrase_f1(boundaries: dict, tolerance: int) -> float | None:
+    """Layer 2's F1 against the data's phrase-level boundaries: phrase ends (the synthetic
+    corpus) or line ends (PTB-char: a sentence a line); None when the data has neither."""
+    for kind in ("phrase", "line"):
+        key = f"l2/{kind}/tol{tolerance}"
+        if key in boundaries:
+            return boundaries[key].get("f1")
+    return None
+
+
+def updates(results: dict) -> str:
+    """Each layer's updates per 270 steps (results.json's ``update_counts``)."""
+    per_layer = results.get("update_counts", {}).get("per_layer")
+    return " / ".join(f"{u:.0f}" for u in per_layer) if per_layer else "-"
+
+
 def spread(values: list[float], digits: int = 2) -> str:
     """``mean (min-max)`` of the values that are known."""
     known = [v for v in values if v is not None]
@@ -71,7 +89,7 @@ def by_setting(rows: list[dict]) -> list[str]:
         cells.setdefault(row["setting"], []).append(row)
     lines = [
         "| sweep | settings | seeds | test BPC | layer 2 sparse | meets criteria "
-        "| F1 word l1 tol 0 | F1 phrase l2 tol 0 | F1 word l2 tol 0 |",
+        "| F1 word l1 tol 0 | F1 phrase / line l2 tol 0 | F1 word l2 tol 0 |",
         "|---|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for (sweep, setting), runs in sorted(cells.items()):
@@ -94,9 +112,9 @@ def main() -> None:
     rows = []
     lines = [
         "| run | settings | test BPC | rate l1 / l2 | F1 word l1 (tol 0 / 1) "
-        "| F1 phrase l2 (tol 0 / 1) | F1 word l2 (tol 0) | s_z l2 mean first / last "
-        "| in window l2 first / last |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|",
+        "| F1 phrase / line l2 (tol 0 / 1) | F1 word l2 (tol 0) | updates per 270 "
+        "| s_z l2 mean first / last | in window l2 first / last |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for name in sys.argv[1:]:
         folder = Path(name)
@@ -115,8 +133,8 @@ def main() -> None:
                 f"| {run_id} | {setting} | {m.get('test/bpc', float('nan')):.3f} "
                 f"| {fmt(m.get('test/z_rate_l1'))} / {fmt(m.get('test/z_rate_l2'))} "
                 f"| {f1(b, 'l1/word/tol0')} / {f1(b, 'l1/word/tol1')} "
-                f"| {f1(b, 'l2/phrase/tol0')} / {f1(b, 'l2/phrase/tol1')} "
-                f"| {f1(b, 'l2/word/tol0')} "
+                f"| {fmt(phrase_f1(b, 0))} / {fmt(phrase_f1(b, 1))} "
+                f"| {f1(b, 'l2/word/tol0')} | {updates(results)} "
                 f"| {fmt(mean[0])} / {fmt(mean[1])} | {fmt(window[0])} / {fmt(window[1])} |"
             )
             rows.append(
@@ -128,7 +146,7 @@ def main() -> None:
                     "bpc": m.get("test/bpc"),
                     "rate2": m.get("test/z_rate_l2"),
                     "word": b.get("l1/word/tol0", {}).get("f1"),
-                    "phrase": b.get("l2/phrase/tol0", {}).get("f1"),
+                    "phrase": phrase_f1(b, 0),
                     "word2": b.get("l2/word/tol0", {}).get("f1"),
                 }
             )

@@ -23,24 +23,28 @@ spec.loader.exec_module(positions)
 
 def test_the_hierarchy_summary_reads_a_sweeps_runs(tmp_path: Path) -> None:
     """benchmarks/hierarchy_summary.py (docs/hierarchy.md's tables): one row per finished run
-    with its swept settings, test numbers and layer 2's diagnostics, first and last; then one
-    row per setting over its seeds, counting those that meet issue 18's criteria."""
+    with its swept settings, test numbers, updates per 270 steps and layer 2's diagnostics,
+    first and last; then one row per setting over its seeds, counting those that meet issue
+    18's criteria. Layer 2's phrase-level truth is the line ends where the data has no phrases
+    (PTB-char)."""
     sweep = tmp_path / "sweep"
     runs = {  # id: (seed, test rates l1 / l2, F1 word tol 0, F1 phrase tol 0, BPC)
         "abc123": (1, 0.7, 0.1, 0.42, None, 1.2345),
-        "def456": (2, 0.3, 0.05, 0.85, 0.6, 1.1),  # meets the criteria
+        "def456": (2, 0.3, 0.05, 0.85, 0.6, 1.1),  # meets the criteria (line ends)
         "aaa000": (3, 0.3, 0.5, 0.9, 0.7, 1.0),  # layer 2 not sparse
     }
     for run_id, (_, r1, r2, word, phrase, bpc) in runs.items():
         run = sweep / f"demo-hmlstm-{run_id}"
         (run / "csv").mkdir(parents=True)
-        boundaries = {"l1/word/tol0": {"f1": word}, "l2/phrase/tol1": {"f1": 0.33}}
+        kind = "line" if run_id == "def456" else "phrase"
+        boundaries = {"l1/word/tol0": {"f1": word}, f"l2/{kind}/tol1": {"f1": 0.33}}
         if phrase is not None:
-            boundaries["l2/phrase/tol0"] = {"f1": phrase}
+            boundaries[f"l2/{kind}/tol0"] = {"f1": phrase}
         metrics = {"test/bpc": bpc, "test/z_rate_l1": r1, "test/z_rate_l2": r2}
-        (run / "results.json").write_text(
-            json.dumps({"metrics": metrics, "boundaries": boundaries})
-        )
+        results = {"metrics": metrics, "boundaries": boundaries}
+        if run_id == "abc123":
+            results["update_counts"] = {"per_layer": [270.0, 56.4, 8.6]}
+        (run / "results.json").write_text(json.dumps(results))
         (run / "csv" / "metrics.csv").write_text(
             "step,diag/sz_mean_l2,diag/sz_linear_l2,val/bpc\n9,-0.5,0.9,\n19,,,2.0\n29,-4.0,0.0,\n"
         )
@@ -60,7 +64,11 @@ def test_the_hierarchy_summary_reads_a_sweeps_runs(tmp_path: Path) -> None:
     lines = done.stdout.splitlines()
     assert (
         "| abc123 | optim.lr=0.001, seed=1 | 1.234 | 0.70 / 0.10 | 0.42 / - | - / 0.33 | - "
-        "| -0.50 / -4.00 | 0.90 / 0.00 |"
+        "| 270 / 56 / 9 | -0.50 / -4.00 | 0.90 / 0.00 |"
+    ) in lines
+    assert (
+        "| def456 | optim.lr=0.001, seed=2 | 1.100 | 0.30 / 0.05 | 0.85 / - | 0.60 / 0.33 | - "
+        "| - | -0.50 / -4.00 | 0.90 / 0.00 |"
     ) in lines
     assert lines[-1] == (
         "| sweep | optim.lr=0.001 | 3 | 1.111 (1.000-1.234) | 2 | 1 | 0.72 (0.42-0.90) "
