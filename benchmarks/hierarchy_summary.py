@@ -122,7 +122,8 @@ def main() -> None:
         for run_dir in sorted(p.parent for p in folder.glob("*/results.json")):
             results = json.loads((run_dir / "results.json").read_text())
             m, b = results["metrics"], results.get("boundaries", {})
-            run_id = run_dir.name.rsplit("-", 1)[-1]
+            # a sweep's run folders end in the run id; other folders keep their whole name
+            run_id = run_dir.name.rsplit("-", 1)[-1] if settings else run_dir.name
             values = settings.get(run_id, {})
             setting = ", ".join(f"{k}={v}" for k, v in values.items())
             metrics = run_dir / "csv" / "metrics.csv"

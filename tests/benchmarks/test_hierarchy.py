@@ -74,6 +74,13 @@ def test_the_hierarchy_summary_reads_a_sweeps_runs(tmp_path: Path) -> None:
         "| sweep | optim.lr=0.001 | 3 | 1.111 (1.000-1.234) | 2 | 1 | 0.72 (0.42-0.90) "
         "| 0.65 (0.60-0.70) | - |"
     )
+    # a folder of runs that is not a sweep (e.g. runs continued by hand): whole folder names
+    plain = tmp_path / "plain"
+    plain.mkdir()
+    (sweep / "demo-hmlstm-abc123").rename(plain / "ptb-abc123-4ep")
+    done = subprocess.run([sys.executable, str(script), str(plain)], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines()[2].startswith("| ptb-abc123-4ep |  | 1.234 |")
 
 
 def test_position_classes_split_words_into_first_middle_last_and_delimiters() -> None:
